@@ -73,8 +73,16 @@ def write_dicom_series(
     return folder
 
 
-def write_dx(path, image_rows_cols, spacing=(0.2, 0.25), monochrome="MONOCHROME2", tag="ImagerPixelSpacing",
-             modality="DX", slope=1.0, intercept=0.0):
+def write_dx(
+    path,
+    image_rows_cols,
+    spacing=(0.2, 0.25),
+    monochrome="MONOCHROME2",
+    tag="ImagerPixelSpacing",
+    modality="DX",
+    slope=1.0,
+    intercept=0.0,
+):
     """Write a (rows, cols) uint16 image as a DX radiograph."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -107,8 +115,12 @@ def run_cli(*args, cwd=None, timeout=600):
 
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run(
-        [sys.executable, "-m", "custom", *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT,
-        timeout=timeout, env=env,
+        [sys.executable, "-m", "custom", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=timeout,
+        env=env,
     )
 
 

@@ -12,6 +12,24 @@ from pathlib import Path
 
 from ..errors import InputError
 
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _config_defaults(path, given: dict) -> dict:
+    """``given`` with its None values taken from the JSON file ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such config file")
+    try:
+        with open(path) as f:
+            defaults = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+    except ValueError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+    unknown = set(defaults) - set(given)
+    if unknown:
+        raise InputError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(given)}")
+    return {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
+
 
 def _need_dir(out_dir) -> Path:
     if out_dir is None or str(out_dir).strip() == "":
@@ -116,18 +134,19 @@ class Commands:
         self,
         source: str,
         out_dir: str,
-        size: int = 128,
+        size: int | None = None,
         detector_size: int | None = None,
-        geometry: str = "x2ctgan",
-        cube_mm: float = 320.0,
-        iso_spacing: float = 1.0,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        split: str = "auto",
-        num_workers: int = 1,
+        geometry: str | None = None,
+        cube_mm: float | None = None,
+        iso_spacing: float | None = None,
+        seed: int | None = None,
+        val_fraction: float | None = None,
+        test_fraction: float | None = None,
+        split: str | None = None,
+        num_workers: int | None = None,
         shard: str = "0/1",
         merge: bool = False,
+        config: str | None = None,
     ):
         """Turn a folder of CTs (NIfTI files or DICOM series) into CT + frontal/lateral DRR cases and a datalist.
 
@@ -151,16 +170,26 @@ class Commands:
             num_workers: parallel worker processes.
             shard: I/N, this process handles cases I, I+N, I+2N, ...
             merge: build no case, only write the datalist from finished cases.
+            config: JSON file with the defaults of the flags above (default: configs/prepare.json).
         """
         from ..data.prepare import prepare_dataset
 
-        out = _need_dir(out_dir)
-        _geometry(geometry, detector_size or size)
-        summary = prepare_dataset(
-            source, out, int(size), detector_size, str(geometry), float(cube_mm), float(iso_spacing),
-            None, int(seed), float(val_fraction), float(test_fraction), str(split), int(num_workers),
-            shard, bool(merge),
+        given = dict(
+            size=size,
+            detector_size=detector_size,
+            geometry=geometry,
+            cube_mm=cube_mm,
+            iso_spacing=iso_spacing,
+            seed=seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            split=split,
+            num_workers=num_workers,
         )
+        opts = _config_defaults(config or CONFIG_DIR / "prepare.json", given)
+        out = _need_dir(out_dir)
+        _geometry(opts["geometry"], opts["detector_size"] or opts["size"])
+        summary = prepare_dataset(source, out, shard=shard, merge=bool(merge), **opts)
         for cid, err in summary["failed"].items():
             print(f"skipped {cid}: {err}", file=sys.stderr)
         if summary["datalist"]:
@@ -213,11 +242,12 @@ class Commands:
             size: voxels per side of the CT and pixels per side of each DRR.
             seed: seed of the first phantom.
         """
+        from monai.data import MetaTensor
+
         from ..data.io import save_nifti, save_png
         from ..data.phantom import chest_phantom, phantom_affine
         from ..data.visualize import hstack, vstack, xray_display
         from ..physics import get_geometry
-        from monai.data import MetaTensor
 
         out = _need_dir(out_dir)
         geo = get_geometry("x2ctgan", int(size))

@@ -73,8 +73,10 @@ def read_nifti_ct(path: Path, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray,
 
 
 def _maybe_dicom(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and (
-        p.suffix.lower() in (".dcm", ".dicom", ".ima", "") or p.name.replace(".", "").isdigit()
+    return (
+        p.is_file()
+        and not p.name.startswith(".")
+        and (p.suffix.lower() in (".dcm", ".dicom", ".ima", "") or p.name.replace(".", "").isdigit())
     )
 
 
@@ -169,8 +171,10 @@ def read_dicom_ct(
             ds = pydicom.dcmread(str(f))
             arr = ds.pixel_array.astype(np.float32)
         except Exception as e:
-            raise InputError(f"{f}: the pixel data cannot be decoded ({e}); the file is corrupt or its "
-                             "compression is unsupported (install pylibjpeg/gdcm for JPEG-compressed DICOM)") from None
+            raise InputError(
+                f"{f}: the pixel data cannot be decoded ({e}); the file is corrupt or its "
+                "compression is unsupported (install pylibjpeg/gdcm for JPEG-compressed DICOM)"
+            ) from None
         slope = float(getattr(ds, "RescaleSlope", 1.0))
         inter = float(getattr(ds, "RescaleIntercept", 0.0))
         slices.append(arr * slope + inter)

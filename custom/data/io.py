@@ -15,7 +15,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

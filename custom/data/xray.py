@@ -78,8 +78,9 @@ def _read_dicom(path: Path) -> MetaTensor:
         ds = pydicom.dcmread(str(path))
         arr = ds.pixel_array.astype(np.float32)
     except Exception as e:
-        raise InputError(f"{path}: the pixel data cannot be decoded ({e}); the file is corrupt or its "
-                         "compression is unsupported") from None
+        raise InputError(
+            f"{path}: the pixel data cannot be decoded ({e}); the file is corrupt or its " "compression is unsupported"
+        ) from None
     if arr.ndim == 3:
         raise InputError(f"{path}: a colour image ({arr.shape}); radiographs are greyscale")
     arr = arr * float(getattr(ds, "RescaleSlope", 1.0)) + float(getattr(ds, "RescaleIntercept", 0.0))
@@ -151,7 +152,7 @@ def to_detector(xray: MetaTensor, geometry: ProjectionGeometry) -> torch.Tensor:
     With known pixel spacing the image is centre-cropped or padded to the detector's physical extent first; without
     it, the whole image is taken as the detector. Returns (1, N, N) float32.
     """
-    from monai.transforms import ResizeWithPadOrCrop, Resize
+    from monai.transforms import Resize, ResizeWithPadOrCrop
 
     img = torch.as_tensor(xray).float()
     if img.ndim == 2:

@@ -79,8 +79,7 @@ class ProjectionGeometry:
             sid, sdd = self.source_to_isocenter, self.source_to_detector
             if sid is None or sdd is None or not (0 < sid < sdd):
                 raise ValueError(
-                    "a cone beam needs 0 < source_to_isocenter < source_to_detector (mm), "
-                    f"got {sid} and {sdd}"
+                    "a cone beam needs 0 < source_to_isocenter < source_to_detector (mm), " f"got {sid} and {sdd}"
                 )
 
     @property
