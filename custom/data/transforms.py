@@ -40,7 +40,8 @@ def _window(window: Sequence[float]) -> tuple[float, float]:
 def hu_to_window(hu: torch.Tensor, window: Sequence[float] = DEFAULT_WINDOW) -> torch.Tensor:
     """Clip HU to ``window`` and map it linearly to [-1, 1]."""
     lo, hi = _window(window)
-    return (hu.clamp(lo, hi) - lo) * (2.0 / (hi - lo)) - 1.0
+    # the outer clamp keeps rounding (float16: hi itself may round up) from leaving [-1, 1]
+    return ((hu.clamp(lo, hi) - lo) * (2.0 / (hi - lo)) - 1.0).clamp(-1.0, 1.0)
 
 
 def window_to_hu(x: torch.Tensor, window: Sequence[float] = DEFAULT_WINDOW, clip: bool = True) -> torch.Tensor:
@@ -69,7 +70,7 @@ def ct_geometry_transform(size: int = 128, cube_mm: float = 320.0, iso_spacing: 
     """RAS orientation, ``iso_spacing`` mm resampling, crop/pad to a ``cube_mm`` cube, resize to ``size``^3.
 
     Works on a (1, X, Y, Z) MetaTensor in HU. Everything outside the scanned field is air: resampling and padding
-    run on ``HU + 1024`` so their zero fill is -1024 HU, not water. Downsizing is anti-aliased.
+    run on ``HU + 1024`` so their zero fill is -1024 HU, not water. Downsizing is anti-aliased (area average).
     """
     if int(size) < 2:
         raise ValueError(f"size must be at least 2 voxels, got {size}")
@@ -80,7 +81,9 @@ def ct_geometry_transform(size: int = 128, cube_mm: float = 320.0, iso_spacing: 
             Lambda(lambda x: x - HU_MIN),
             Spacing(pixdim=(iso_spacing,) * 3, mode="bilinear", padding_mode="zeros"),
             ResizeWithPadOrCrop(spatial_size=(n_iso,) * 3, mode="constant"),
-            Resize(spatial_size=(int(size),) * 3, mode="trilinear", anti_aliasing=int(size) < n_iso),
+            # "area" (box average) anti-aliases without padding; Resize's Gaussian anti-aliasing pads with zeros,
+            # which pulled the outer voxel shell of a CT larger than the cube towards air.
+            Resize(spatial_size=(int(size),) * 3, mode="area" if int(size) < n_iso else "trilinear"),
             Lambda(lambda x: x + HU_MIN),
         ]
     )

@@ -162,7 +162,7 @@ def to_detector(xray: MetaTensor, geometry: ProjectionGeometry) -> torch.Tensor:
         extent = geometry.detector_extent
         side = [max(1, int(round(extent / s))) for s in sp]
         bg = float(img.min())
-        img = ResizeWithPadOrCrop(side, mode="constant", value=bg)(img - bg) + bg
+        img = ResizeWithPadOrCrop(side, mode="constant")(img - bg) + bg  # zero fill of img - bg: background
     n = geometry.detector_pixels
     return torch.as_tensor(Resize((n, n), mode="area" if img.shape[-1] > n else "bilinear")(img)).float()
 

@@ -162,6 +162,22 @@ def _project(vol: torch.Tensor, plan: _ViewPlan, n_pix: int) -> torch.Tensor:
     return out * plan.seg
 
 
+def _backproject(img: torch.Tensor, plan: _ViewPlan, shape: Sequence[int]) -> torch.Tensor:
+    """Adjoint of :func:`_project`: (B, U, V) detector values smeared back along the rays -> (B, X, Y, Z)."""
+    b, n_pix = img.shape[0], img.shape[1]
+    n_x, n_y, n_z = shape
+    if plan.m_rows is None:  # general views: the adjoint by automatic differentiation
+        with torch.enable_grad():
+            vol = torch.zeros((b, n_x, n_y, n_z), device=img.device, dtype=img.dtype, requires_grad=True)
+            (grad,) = torch.autograd.grad(_project(vol, plan, n_pix), vol, img, create_graph=img.requires_grad)
+        return grad
+    g = (img * plan.seg).permute(2, 1, 0).reshape(n_pix, n_pix * b)  # (V, U*B)
+    cols = _SparseApply.apply(plan.m_rows[1], plan.m_rows[0], g)  # (K*Z, U*B)
+    cols = cols.view(plan.n_k, n_z, n_pix, b).transpose(1, 2).reshape(plan.n_k * n_pix, n_z * b)
+    mat = _SparseApply.apply(plan.m_cols[1], plan.m_cols[0], cols)  # (X*Y, Z*B)
+    return mat.view(n_x, n_y, n_z, b).permute(3, 0, 1, 2)
+
+
 class DRRProjector(torch.nn.Module):
     """Line integrals of an attenuation volume for several views.
 
@@ -201,6 +217,21 @@ class DRRProjector(torch.nn.Module):
             vol = torch.as_tensor(mu).float()[:, 0]
             views = [_project(vol, plan, self.geometry.detector_pixels) for plan in plans]
         return torch.stack(views, dim=1)
+
+    def backproject(self, img: torch.Tensor, shape: Sequence[int], spacing: Sequence[float]) -> torch.Tensor:
+        """Adjoint of :meth:`forward`: (B, n_views, U, V) -> (B, n_views, X, Y, Z), each view separately.
+
+        Each voxel receives the sum over the rays through it of the detector value times the ray's sampling
+        weight: exactly ``P^T``, so ``<P x, y> = <x, P^T y>``. Differentiable in ``img``.
+        """
+        if img.ndim != 4 or img.shape[1] != len(self.angles):
+            raise ValueError(f"expected (B, {len(self.angles)}, U, V) detector images, got {tuple(img.shape)}")
+        plans = self.plans(shape, spacing, img.device)
+        device_type = img.device.type if img.device.type in ("cuda", "cpu") else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):
+            x = img.float()
+            vols = [_backproject(x[:, i], plan, tuple(int(s) for s in shape)) for i, plan in enumerate(plans)]
+        return torch.stack(vols, dim=1)
 
 
 def _spacing_of(volume: torch.Tensor, spacing) -> tuple:

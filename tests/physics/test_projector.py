@@ -193,3 +193,19 @@ def test_cuda_matches_cpu():
         gpu.sum().backward()
         assert torch.allclose(cpu, gpu.cpu(), rtol=1e-4, atol=1e-4)
         assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("views", [("frontal", "lateral"), (30.0, 135.0)], ids=["separable", "general"])
+def test_backproject_is_the_adjoint(views):
+    torch.manual_seed(5)
+    proj = DRRProjector(CONE, views)
+    x = torch.rand(2, 1, 12, 14, 16)
+    sp = (5.0, 4.0, 3.0)
+    y = torch.randn(2, len(views), 64, 64, requires_grad=True)
+    bp = proj.backproject(y, x.shape[2:], sp)
+    assert bp.shape == (2, len(views), 12, 14, 16)
+    lhs = (proj(x, sp).double() * y.detach().double()).sum()
+    rhs = (x.double() * bp.detach().double().sum(1, keepdim=True)).sum()
+    assert torch.isclose(lhs, rhs, rtol=1e-4)
+    bp.sum().backward()  # differentiable in the detector values
+    assert y.grad is not None and torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0

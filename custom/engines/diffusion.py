@@ -1,0 +1,233 @@
+"""Ignite engines for the X-ray -> CT diffusion cascade, built on MONAI's ``SupervisedTrainer``.
+
+MONAI's ``DiffusionInferer`` + ``VPredictionPrepareBatch`` train a v-predictor from JSON, but the cascade's loss also
+needs the predicted ``x0`` (image losses, DRR physics loss), so the trainer overrides ``_iteration``, firing the
+same events as MONAI's. The evaluator is MONAI's ``SupervisedEvaluator`` with :class:`DDIMInferer`, which samples.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.inferers import Inferer
+from monai.losses import SSIMLoss
+from monai.utils import CommonKeys as Keys
+
+from ..data.transforms import window_to_hu
+from ..data.xray import line_integral_to_input
+from ..diffusion import DDIMSampler, add_noise, cosine_alpha_bar, normalized_timestep, velocity, x0_from_v
+from ..physics import DRR, get_geometry
+
+
+def prepare_cascade_batch(batchdata, device=None, non_blocking=False, **kwargs):
+    """(inputs, targets, args, kwargs) = (xray (B, 2, N, N), ct (B, 1, D, D, D), (), {prev: ...}) from a batch dict."""
+    xray = batchdata["xray"].to(device=device, non_blocking=non_blocking)
+    ct = batchdata["ct"].to(device=device, non_blocking=non_blocking) if "ct" in batchdata else None
+    extra = {}
+    if "prev" in batchdata:
+        extra["prev"] = batchdata["prev"].to(device=device, non_blocking=non_blocking)
+    return xray, ct, (), extra
+
+
+def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean L1 difference of finite-difference gradients along each spatial axis (seed 002's gradient term)."""
+    loss = 0.0
+    for axis in range(2, pred.ndim):
+        loss = loss + F.l1_loss(torch.diff(pred, dim=axis), torch.diff(target, dim=axis))
+    return loss / (pred.ndim - 2)
+
+
+class DRRConsistencyLoss(torch.nn.Module):
+    """L1 between DRRs of the predicted and the target CT, both rendered from the same windowed volumes.
+
+    Both CTs go window -> HU -> mu -> line integrals through the same projector (both views, seed 003 fixes #9/#10),
+    so the window clips them alike and the loss compares like with like. Values are in network-input units
+    (line integral / 8), no per-sample normalization (fix #5).
+    """
+
+    def __init__(self, geometry="x2ctgan", views=("frontal", "lateral"), window=(-200.0, 200.0), cube_mm=320.0):
+        super().__init__()
+        geo = get_geometry(geometry) if isinstance(geometry, str) else geometry
+        self.geometry, self.views, self.window, self.cube_mm = geo, tuple(views), tuple(window), float(cube_mm)
+        self._drr: dict = {}
+
+    def render(self, x: torch.Tensor, pixels: int | None = None) -> torch.Tensor:
+        d = x.shape[-1]
+        pixels = pixels or d
+        if pixels not in self._drr:
+            self._drr[pixels] = DRR(self.geometry.resized(pixels), self.views)
+        return line_integral_to_input(self._drr[pixels](window_to_hu(x, self.window), (self.cube_mm / d,) * 3))
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            ref = self.render(target)
+        return F.l1_loss(self.render(pred), ref)
+
+
+class CascadeDiffusionTrainer(SupervisedTrainer):
+    """v-prediction diffusion training with image and physics losses on the predicted ``x0``.
+
+    ``loss = MSE(v) + a_t * (w_l1 L1 + w_ssim (1 - SSIM) + w_grad gradient) (x0) + w_physics DRR(x0)``, the image
+    and physics terms weighted per sample by ``a_t`` (alpha-bar) so that nearly pure-noise steps, whose ``x0`` is a
+    guess, do not dominate. ``x0`` is clamped to ``clip_x0`` (fix #3). The network gets ``t / T`` (fix #2).
+
+    Args (beyond ``SupervisedTrainer``'s; ``loss_function`` is unused and may be None):
+        num_train_timesteps: T of the cosine schedule.
+        loss_weights: dict with ``l1``, ``ssim``, ``gradient``, ``physics``.
+        physics_loss: a :class:`DRRConsistencyLoss` (needed when ``loss_weights["physics"] > 0``).
+        ssim_win_size: SSIM window (odd, at most the volume side).
+        grad_clip: max gradient norm (None: no clipping).
+        clip_x0: clamp of the predicted ``x0``.
+    """
+
+    def __init__(
+        self,
+        *args,
+        num_train_timesteps: int = 1000,
+        loss_weights: dict | None = None,
+        physics_loss: DRRConsistencyLoss | None = None,
+        ssim_win_size: int = 7,
+        grad_clip: float | None = 1.0,
+        clip_x0: Sequence[float] = (-1.5, 1.5),
+        **kwargs,
+    ):
+        kwargs.setdefault("loss_function", None)
+        kwargs.setdefault("prepare_batch", prepare_cascade_batch)
+        super().__init__(*args, **kwargs)
+        self.num_train_timesteps = int(num_train_timesteps)
+        self.alpha_bar = cosine_alpha_bar(self.num_train_timesteps).float()
+        weights = {"l1": 1.0, "ssim": 0.5, "gradient": 0.15, "physics": 0.0}
+        weights.update(loss_weights or {})
+        self.loss_weights = weights
+        if weights["physics"] > 0 and physics_loss is None:
+            raise ValueError("loss_weights['physics'] > 0 needs physics_loss (a DRRConsistencyLoss)")
+        self.physics_loss = physics_loss
+        self.ssim_loss = SSIMLoss(spatial_dims=3, data_range=2.0, win_size=ssim_win_size)
+        self.grad_clip = grad_clip
+        self.clip_x0 = tuple(clip_x0)
+
+    def compute_losses(self, network, xray, ct, extra) -> dict:
+        b = ct.shape[0]
+        t = torch.randint(0, self.num_train_timesteps, (b,), device=ct.device)
+        a = self.alpha_bar.to(ct.device)[t]
+        eps = torch.randn_like(ct)
+        x_t = add_noise(ct, eps, a)
+        with torch.autocast(device_type=ct.device.type, enabled=self.amp):
+            v_pred = network(x_t, normalized_timestep(t, self.num_train_timesteps), xray, **extra)
+        v_pred = v_pred.float()
+        losses = {"mse_v": F.mse_loss(v_pred, velocity(ct, eps, a))}
+        x0 = x0_from_v(x_t, v_pred, a).clamp(*self.clip_x0)
+        w = a.view(-1, 1, 1, 1, 1)
+        wsum = a.sum().clamp(min=1e-6)
+        if self.loss_weights["l1"]:
+            losses["l1"] = ((x0 - ct).abs() * w).mean() * b / wsum
+        if self.loss_weights["ssim"]:
+            losses["ssim"] = sum(a[i] * self.ssim_loss(x0[i : i + 1], ct[i : i + 1]) for i in range(b)) / wsum
+        if self.loss_weights["gradient"]:
+            losses["gradient"] = sum(a[i] * gradient_loss(x0[i : i + 1], ct[i : i + 1]) for i in range(b)) / wsum
+        if self.loss_weights["physics"]:
+            losses["physics"] = sum(a[i] * self.physics_loss(x0[i : i + 1], ct[i : i + 1]) for i in range(b)) / wsum
+        total = losses["mse_v"]
+        for name in ("l1", "ssim", "gradient", "physics"):
+            if name in losses:
+                total = total + self.loss_weights[name] * losses[name]
+        losses["total"] = total
+        return losses
+
+    def _iteration(self, engine, batchdata):
+        if batchdata is None:
+            raise ValueError("must provide batch data for current iteration.")
+        xray, ct, _, extra = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
+        engine.state.output = {Keys.IMAGE: xray, Keys.LABEL: ct}
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        losses = self.compute_losses(engine.network, xray, ct, extra)
+        engine.state.output[Keys.PRED] = None
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        loss = losses["total"]
+        engine.state.output[Keys.LOSS] = loss
+        engine.state.output["losses"] = {k: float(v.detach()) for k, v in losses.items()}
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            # a NaN/Inf loss must not reach the weights: skip the step and say so
+            self.logger.warning(f"non-finite loss {loss_value} at iteration {engine.state.iteration}; step skipped")
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.fire_event(IterationEvents.MODEL_COMPLETED)
+            return engine.state.output
+        if engine.amp and engine.scaler is not None:
+            engine.scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if self.grad_clip:
+                engine.scaler.unscale_(engine.optimizer)
+                torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.grad_clip)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.grad_clip)
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+class DDIMInferer(Inferer):
+    """MONAI inferer that samples CTs with DDIM: ``inferer(xray, network, prev=...)`` -> (B, 1, D, D, D).
+
+    Args:
+        volume_size: D.
+        num_train_timesteps: T of the training schedule.
+        num_inference_steps: DDIM steps.
+        eta: DDIM eta.
+        num_samples: samples per case; the output is their mean, and ``last_std`` holds the voxelwise standard
+            deviation (uncertainty) of the last call.
+        seed: seed of the sampling noise (None: not reproducible).
+        clip_x0: clamp of the predicted x0.
+        guidance: optional callable ``(x0, xray) -> loss`` for physics guidance, with ``guidance_scale``.
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        volume_size: int,
+        num_train_timesteps: int = 1000,
+        num_inference_steps: int = 25,
+        eta: float = 0.0,
+        num_samples: int = 1,
+        seed: int | None = 0,
+        clip_x0: Sequence[float] = (-1.5, 1.5),
+        guidance=None,
+        guidance_scale: float = 0.0,
+        progress: bool = False,
+    ):
+        super().__init__()
+        self.volume_size = int(volume_size)
+        self.sampler = DDIMSampler(cosine_alpha_bar(num_train_timesteps), num_inference_steps, eta, clip_x0)
+        self.num_samples = int(num_samples)
+        self.seed = seed
+        self.guidance, self.guidance_scale = guidance, float(guidance_scale)
+        self.progress = progress
+        self.last_std: torch.Tensor | None = None
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+        b, d, k = inputs.shape[0], self.volume_size, self.num_samples
+        gen = torch.Generator().manual_seed(int(self.seed)) if self.seed is not None else None
+        cond = {"xrays": inputs.repeat_interleave(k, dim=0)}
+        if kwargs.get("prev") is not None:
+            cond["prev"] = kwargs["prev"].repeat_interleave(k, dim=0)
+        guidance = None
+        if self.guidance is not None and self.guidance_scale > 0:
+            guidance = lambda x0: self.guidance(x0, cond["xrays"])  # noqa: E731
+        x = self.sampler.sample(
+            network, (b * k, 1, d, d, d), cond, gen, inputs.device, guidance, self.guidance_scale, self.progress
+        )
+        x = x.view(b, k, 1, d, d, d)
+        self.last_std = x.std(dim=1) if k > 1 else torch.zeros_like(x[:, 0])
+        return x.mean(dim=1)

