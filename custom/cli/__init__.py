@@ -31,12 +31,18 @@ def _config_defaults(path, given: dict) -> dict:
     return {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
 
 
-def _need_dir(out_dir) -> Path:
+def _need_dir_path(out_dir) -> Path:
+    """Validate an output folder argument without creating anything."""
     if out_dir is None or str(out_dir).strip() == "":
         raise InputError("give an output folder")
     path = Path(os.fspath(str(out_dir))).expanduser()
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: exists and is not a folder")
+    return path
+
+
+def _need_dir(out_dir) -> Path:
+    path = _need_dir_path(out_dir)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -223,10 +229,11 @@ class Commands:
         """
         from ..data.ct import load_ct
 
-        out = _need_dir(out_dir)
+        _need_dir_path(out_dir)
         geo = _geometry(geometry, size)
         ct = load_ct(ct_path, series_uid=series_uid)
         drr, _ = render_drrs(ct, geo, mu_water)
+        out = _need_dir(out_dir)  # created only once the inputs are known to be good
         files = write_drr_outputs(drr, geo, out)
         print(json.dumps(files, indent=1))
 

@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -272,13 +273,19 @@ def prepare_dataset(
                 failed[cid] = err
             bar.update()
     elif todo:
-        with ProcessPoolExecutor(int(num_workers), mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_build_case, c, str(cases_dir), settings, threads) for c in todo]
-            for fut in as_completed(futures):
-                cid, err = fut.result()
-                if err:
-                    failed[cid] = err
-                bar.update()
+        try:
+            with ProcessPoolExecutor(int(num_workers), mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(_build_case, c, str(cases_dir), settings, threads) for c in todo]
+                for fut in as_completed(futures):
+                    cid, err = fut.result()
+                    if err:
+                        failed[cid] = err
+                    bar.update()
+        except BrokenProcessPool:
+            raise InputError(
+                "a worker process died (out of memory? try fewer --num_workers); finished cases are kept, "
+                "run the same command again to continue"
+            ) from None
     bar.close()
 
     done = [c for c in cases if _case_done(cases_dir / c.case_id, settings)]

@@ -198,3 +198,41 @@ def save_xray(img: torch.Tensor, geometry: ProjectionGeometry, path, description
     if arr.ndim != 2:
         raise ValueError(f"expected a 2D detector image, got shape {arr.shape}")
     save_nifti(arr, detector_affine(geometry), path, description=description)
+
+
+class LoadXRayd:
+    """Dictionary transform: read the radiographs of ``keys`` and turn them into network inputs on the detector grid.
+
+    NIfTI files are taken as this project's DRRs (line integrals; only :func:`line_integral_to_input` is applied);
+    DICOM and PNG radiographs are clinical images whose processing is unknown, so their range is matched to the
+    DRRs' (:func:`match_drr_range`). The result of each key is a (1, N, N) float tensor; ``<key>_meta`` keeps the
+    source path and whether the range was matched.
+
+    Args:
+        keys: the X-ray keys, e.g. ``["frontal", "lateral"]``.
+        geometry: preset name or :class:`ProjectionGeometry` of the model's X-rays.
+        size: detector pixels per side the network expects.
+    """
+
+    def __init__(self, keys, geometry="x2ctgan", size: int = 64):
+        from ..physics import get_geometry
+
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        geo = get_geometry(geometry) if isinstance(geometry, str) else geometry
+        self.geometry = geo.resized(int(size))
+
+    def __call__(self, data: dict) -> dict:
+        out = dict(data)
+        for key in self.keys:
+            if key not in data or data[key] in (None, ""):
+                raise InputError(f"no {key} X-ray given; set {key} (a DICOM, PNG or NIfTI file)")
+            path = str(data[key])
+            img = load_xray(path)
+            det = to_detector(img, self.geometry)
+            drr = path.lower().endswith((".nii", ".nii.gz"))
+            out[key] = line_integral_to_input(det) if drr else match_drr_range(det)
+            out[f"{key}_meta"] = {"filename_or_obj": path, "range_matched": not drr}
+        shapes = {tuple(out[k].shape) for k in self.keys}
+        if len(shapes) != 1:
+            raise InputError(f"the X-rays have different shapes after resampling: {shapes}")
+        return out

@@ -27,9 +27,10 @@ from ..physics import DRR, get_geometry
 def prepare_cascade_batch(batchdata, device=None, non_blocking=False, **kwargs):
     """(inputs, targets, args, kwargs) = (xray (B, 2, N, N), ct (B, 1, D, D, D), (), {prev: ...}) from a batch dict."""
     xray = batchdata["xray"].to(device=device, non_blocking=non_blocking)
-    ct = batchdata["ct"].to(device=device, non_blocking=non_blocking) if "ct" in batchdata else None
+    ct = batchdata.get("ct")  # absent, or an unloaded path, at inference
+    ct = ct.to(device=device, non_blocking=non_blocking) if isinstance(ct, torch.Tensor) else None
     extra = {}
-    if "prev" in batchdata:
+    if isinstance(batchdata.get("prev"), torch.Tensor):
         extra["prev"] = batchdata["prev"].to(device=device, non_blocking=non_blocking)
     return xray, ct, (), extra
 

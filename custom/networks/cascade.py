@@ -148,6 +148,10 @@ class CascadeDenoiser(nn.Module):
                 for _ in range(vit_depth)
             ]
         )
+        for blk in self.vit:
+            # MONAI 1.6 builds a cross-attention LayerNorm even without cross-attention; its unused parameters would
+            # make DDP fail (or need find_unused_parameters, a graph walk per step).
+            blk.norm_cross_attn = nn.Identity()
         self.vit_norm = nn.LayerNorm(hidden_size)
         self.from_tokens = nn.Linear(hidden_size, c2)
         self.mid = FiLMResBlock(3, c2, c2, hidden_size)

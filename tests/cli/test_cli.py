@@ -164,6 +164,15 @@ def test_bad_input_exits_2_with_one_error_line(bad_input_runs, name):
     assert_clean_error(bad_input_runs[name], *BAD_INPUTS[name][1])
 
 
+def test_failed_drr_leaves_no_output_folder(bad_input_runs, tmp_path_factory):
+    """The drr runs above that fail on their input must not have created their output folder."""
+    for name in ("missing CT", "not CT", "2D NIfTI"):
+        assert bad_input_runs[name].returncode == 2
+    out = tmp_path_factory.getbasetemp()
+    leftovers = [p for p in out.rglob("*") if p.is_dir() and p.name in ("missing_CT", "not_CT", "2D_NIfTI")]
+    assert leftovers == []
+
+
 def test_prepare_with_every_case_failing(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

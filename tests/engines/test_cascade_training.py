@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import ROOT, run_cli
 
@@ -68,61 +69,68 @@ def test_inferer_returns_mean_and_uncertainty():
     assert torch.equal(out, DDIMInferer(16, num_inference_steps=2, num_samples=3, seed=1)(xray, net))  # seeded
 
 
-def test_train_json_runs_and_evaluation_reports_baselines(tmp_path):
-    """Real subprocesses: phantoms -> prepare -> monai.bundle run train.json -> evaluate-xray2ct."""
-    assert run_cli("phantoms", tmp_path / "ph", "--count", 5, "--size", 16).returncode == 0
-    r = run_cli(
-        "prepare", tmp_path / "ph", tmp_path / "prep", "--size", 16, "--val_fraction", 0.2, "--test_fraction", 0.2
-    )
-    assert r.returncode == 0, r.stderr
+def _bundle_run(configs, cwd, *overrides, torchrun=False, timeout=600):
     import os
     import subprocess
     import sys
 
-    args = []
+    files = "[" + ",".join(f"'{BUNDLE / 'configs' / c}'" for c in configs) + "]"
+    args = ["--bundle_root", str(BUNDLE)]
     for k, v in TINY.items():
         args += [f"--{k}", json.dumps(v)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(BUNDLE / "configs" / "train.json"),
-        "--dataset_dir",
-        str(tmp_path / "prep"),
-        "--output_dir",
-        str(tmp_path / "run"),
-        "--max_epochs",
-        "2",
-        "--val_interval",
-        "1",
-        "--batch_size",
-        "2",
-        "--num_workers",
-        "0",
-        "--val_num_inference_steps",
-        "2",
-        "--ssim_win_size",
-        "3",
-        "--warmup_epochs",
-        "1",
-        *args,
-    ]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = proc.stdout + proc.stderr
-    assert "val_psnr_hu" in log and "Epoch: 2/2" in log
-    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)  # a plain state dict of tensors
-    assert all(isinstance(v, torch.Tensor) for v in state.values())
-    assert (tmp_path / "run" / "checkpoint_final.pt").is_file()
+    args += ["--num_workers", "0", "--ssim_win_size", "3", "--val_num_inference_steps", "2", *map(str, overrides)]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        if torchrun
+        else [sys.executable]
+    )
+    cmd = launcher + ["-m", "monai.bundle", "run", "--config_file", files, *args]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Phantoms -> prepare -> ``monai.bundle run train.json``, tiny sizes, real subprocesses, from a foreign cwd."""
+    tmp = tmp_path_factory.mktemp("cascade")
+    assert run_cli("phantoms", tmp / "ph", "--count", 6, "--size", 16).returncode == 0
+    r = run_cli("prepare", tmp / "ph", tmp / "prep", "--size", 16, "--val_fraction", 0.34, "--test_fraction", 0.17)
+    assert r.returncode == 0, r.stderr
+    proc = _bundle_run(
+        ["train.json"],
+        tmp,
+        "--dataset_dir",
+        tmp / "prep",
+        "--output_dir",
+        tmp / "run",
+        "--max_epochs",
+        2,
+        "--val_interval",
+        1,
+        "--batch_size",
+        2,
+        "--warmup_epochs",
+        1,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, proc.stdout + proc.stderr
+
+
+def test_train_json_trains_validates_and_saves_plain_weights(trained):
+    tmp, log = trained
+    assert "val_psnr_hu" in log and "Epoch: 2/2" in log
+    state = torch.load(tmp / "run" / "model.pt", weights_only=True)  # a plain state dict of tensors
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert (tmp / "run" / "checkpoint_final.pt").is_file()
+
+
+def test_evaluation_reports_model_and_baselines(trained):
+    tmp, _ = trained
     r = run_cli(
         "evaluate-xray2ct",
-        tmp_path / "prep" / "datalist.json",
-        tmp_path / "eval",
-        tmp_path / "run" / "model.pt",
+        tmp / "prep" / "datalist.json",
+        tmp / "eval",
+        tmp / "run" / "model.pt",
         "--bundle",
         BUNDLE,
         "--steps",
@@ -131,8 +139,131 @@ def test_train_json_runs_and_evaluation_reports_baselines(tmp_path):
         json.dumps(TINY),
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    summary = json.loads(Path(tmp_path / "eval" / "summary.json").read_text())
+    summary = json.loads(Path(tmp / "eval" / "summary.json").read_text())
     assert "data range 400" in summary["convention"]
     for method in ("model", "mean_ct", "backprojection"):
         assert set(summary[method]) == {"psnr_hu", "ssim", "mae_hu", "drr_error"}
-    assert (tmp_path / "eval" / "metrics.csv").read_text().count("\n") == 1 + 3 * summary["cases"]
+    assert (tmp / "eval" / "metrics.csv").read_text().count("\n") == 1 + 3 * summary["cases"]
+
+
+def test_evaluate_json_writes_per_case_metrics(trained):
+    tmp, _ = trained
+    proc = _bundle_run(
+        ["train.json", "evaluate.json"],
+        tmp,
+        "--dataset_dir",
+        tmp / "prep",
+        "--ckpt_path",
+        tmp / "run" / "model.pt",
+        "--output_dir",
+        tmp / "evaljson",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (tmp / "evaljson" / "val_psnr_hu_raw.csv").read_text().splitlines()
+    assert rows[0].startswith("filename") and len(rows) == 2 and rows[1].startswith("phantom_")
+
+
+def test_inference_json_writes_ct_in_hu_with_affine_and_uncertainty(trained, tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    tmp, _ = trained
+    from conftest import write_dx
+
+    # one case from the datalist and one from two clinical-style files (a DX DICOM and a PNG) given by path
+    proc = _bundle_run(
+        ["inference.json"],
+        tmp_path,
+        "--dataset_dir",
+        tmp / "prep",
+        "--ckpt_path",
+        tmp / "run" / "model.pt",
+        "--output_dir",
+        tmp_path / "out",
+        "--num_inference_steps",
+        2,
+        "--num_samples",
+        2,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    case = next((tmp_path / "out").iterdir())
+    img = nib.load(str(case / "ct.nii.gz"))
+    assert img.shape == (16, 16, 16)
+    assert np.allclose(np.diag(img.affine)[:3], 20.0) and nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    data = img.get_fdata()
+    assert data.min() >= -200 and data.max() <= 200
+    assert nib.load(str(case / "uncertainty.nii.gz")).get_fdata().max() > 0
+    assert json.loads((case / "ct.json").read_text())["window"] == [-200.0, 200.0]
+    assert (case / "comparison.png").stat().st_size > 0
+
+    from PIL import Image
+
+    frontal = write_dx(tmp_path / "frontal.dcm", np.random.default_rng(0).integers(100, 4000, (40, 40)))
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40), dtype=np.uint8)).save(tmp_path / "lat.png")
+    proc = _bundle_run(
+        ["inference.json"],
+        tmp_path,
+        "--frontal_path",
+        frontal,
+        "--lateral_path",
+        tmp_path / "lat.png",
+        "--ckpt_path",
+        tmp / "run" / "model.pt",
+        "--output_dir",
+        tmp_path / "out2",
+        "--num_inference_steps",
+        2,
+        "--num_samples",
+        1,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (next((tmp_path / "out2").iterdir()) / "ct.nii.gz").is_file()
+
+
+def test_multi_gpu_config_runs_two_processes_on_cpu(trained):
+    tmp, _ = trained
+    proc = _bundle_run(
+        ["train.json", "multi_gpu_train.json"],
+        tmp,
+        "--dataset_dir",
+        tmp / "prep",
+        "--output_dir",
+        tmp / "ddp",
+        "--max_epochs",
+        1,
+        "--val_interval",
+        1,
+        "--batch_size",
+        1,
+        "--warmup_epochs",
+        1,
+        torchrun=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp / "ddp" / "model.pt").is_file()
+
+
+def test_resume_continues_from_the_last_checkpoint(trained):
+    tmp, _ = trained
+    proc = _bundle_run(
+        ["train.json"],
+        tmp,
+        "--dataset_dir",
+        tmp / "prep",
+        "--output_dir",
+        tmp / "run",
+        "--max_epochs",
+        3,
+        "--val_interval",
+        1,
+        "--batch_size",
+        2,
+        "--warmup_epochs",
+        1,
+        "--resume",
+        "True",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "Restored all variables" in log
+    assert "Epoch: 3/3" in log and "Epoch: 1/3" not in log  # epochs 1-2 are not trained again

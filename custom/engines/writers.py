@@ -1,0 +1,115 @@
+"""Writing reconstructed CTs: NIfTI in HU with a correct affine, the uncertainty map, and a comparison PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from ignite.engine import Events
+
+from ..data.io import save_json, save_nifti, save_png
+from ..data.transforms import window_to_hu
+from ..data.visualize import ct_slices_display, hstack, vstack, xray_display
+
+
+def cube_affine(size: int, cube_mm: float = 320.0) -> np.ndarray:
+    """RAS affine of a reconstruction: ``size``^3 voxels over a ``cube_mm`` cube centred on the isocentre."""
+    sp = cube_mm / size
+    affine = np.diag([sp, sp, sp, 1.0])
+    affine[:3, 3] = -(size - 1) / 2 * sp
+    return affine
+
+
+def _item(batch, i: int) -> dict:
+    """The i-th case of a batch, whether MONAI has decollated it (list of dicts) or not (dict of batched values)."""
+    if isinstance(batch, (list, tuple)):
+        return batch[i]
+
+    def pick(v):
+        if isinstance(v, dict):
+            return {k: pick(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)) or (isinstance(v, torch.Tensor) and v.ndim > 0):
+            return v[i]
+        return v
+
+    return {k: pick(v) for k, v in (batch or {}).items()}
+
+
+def _case_name(item: dict, index: int) -> str:
+    for key in ("case_id", "frontal_meta"):
+        value = item.get(key)
+        if isinstance(value, dict):
+            value = value.get("filename_or_obj")
+        if value:
+            name = Path(str(value)).name
+            for suffix in (".nii.gz", ".nii", ".dcm", ".png"):
+                name = name[: -len(suffix)] if name.lower().endswith(suffix) else name
+            return name if key == "case_id" else f"{name}_{index:04d}"
+    return f"case_{index:04d}"
+
+
+class ReconstructionWriter:
+    """Ignite handler: after each iteration, write every case of the batch to ``output_dir/<case>/``.
+
+    Files: ``ct.nii.gz`` (float32 HU, RAS affine, spacing ``cube_mm / D`` mm), ``uncertainty.nii.gz`` (voxelwise
+    standard deviation over the samples, in HU), ``comparison.png`` (input X-rays and orthogonal slices) and
+    ``ct.json`` (window, clipping note, sampling settings). Every file is written atomically.
+
+    Args:
+        output_dir: folder for the cases.
+        window: the HU window of the model; outputs are clipped to it (at [-200, 200], lungs and bone are clipped:
+            the sidecar says so).
+        cube_mm: side of the reconstructed cube.
+        inferer: the :class:`~custom.engines.diffusion.DDIMInferer` (its ``last_std`` is the uncertainty).
+        settings: extra entries for ``ct.json`` (stage, steps, weights file...).
+    """
+
+    def __init__(self, output_dir, window: Sequence[float], cube_mm: float = 320.0, inferer=None, settings=None):
+        self.output_dir = Path(output_dir)
+        self.window = tuple(float(w) for w in window)
+        self.cube_mm = float(cube_mm)
+        self.inferer = inferer
+        self.settings = dict(settings or {})
+        self.count = 0
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        items = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        batch = engine.state.batch
+        std = getattr(self.inferer, "last_std", None)
+        lo, hi = self.window
+        for i, item in enumerate(items):
+            pred = torch.as_tensor(item["pred"]).detach().float().cpu().reshape(item["pred"].shape[-3:])
+            d = pred.shape[-1]
+            info = _item(batch, i)
+            case = self.output_dir / _case_name(info, self.count)
+            self.count += 1
+            hu = window_to_hu(pred, self.window)
+            affine = cube_affine(d, self.cube_mm)
+            save_nifti(hu.numpy(), affine, case / "ct.nii.gz", description=f"CT HU clipped to [{lo:g},{hi:g}]")
+            if std is not None:
+                unc = std[i].detach().float().cpu().reshape(pred.shape) * (hi - lo) / 2
+                save_nifti(unc.numpy(), affine, case / "uncertainty.nii.gz", description="sample std, HU")
+            xray = torch.as_tensor(item["image"] if item.get("image") is not None else info["xray"]).detach().cpu()
+            top = hstack([xray_display(xray[0]), xray_display(xray[1])], height=256)
+            slices = hstack(ct_slices_display(hu, window=self.window), height=256)
+            save_png(vstack([top, slices]), case / "comparison.png")
+            save_json(
+                {
+                    "units": "HU",
+                    "window": [lo, hi],
+                    "clipping": (
+                        f"values are clipped to [{lo:g}, {hi:g}] HU: lungs (about -850 HU), fat and air read as "
+                        f"{lo:g}, bone as {hi:g}"
+                    ),
+                    "voxel_spacing_mm": self.cube_mm / d,
+                    "cube_mm": self.cube_mm,
+                    "orientation": "RAS",
+                    **self.settings,
+                },
+                case / "ct.json",
+            )
