@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
 
 
 def _config_defaults(path, given: dict) -> dict:
@@ -52,8 +53,12 @@ def _geometry(geometry, size):
 
     try:
         return get_geometry(str(geometry), None if size is None else _square_size(size))
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    except KeyError as e:
+        raise InputError(
+            f"geometry {geometry}: missing key {e}; see configs/drr_geometry.json for the fields"
+        ) from None
+    except (ValueError, TypeError) as e:
+        raise InputError(f"geometry {geometry}: {e}") from None
 
 
 def _square_size(size) -> int:
@@ -231,6 +236,8 @@ class Commands:
 
         _need_dir_path(out_dir)
         geo = _geometry(geometry, size)
+        if mu_water is not None and not float(mu_water) > 0:
+            raise InputError(f"--mu_water must be positive (attenuation in 1/mm; water: 0.0193), got {mu_water}")
         ct = load_ct(ct_path, series_uid=series_uid)
         drr, _ = render_drrs(ct, geo, mu_water)
         out = _need_dir(out_dir)  # created only once the inputs are known to be good
@@ -275,9 +282,15 @@ class Commands:
         from ..engines.diffusion import DDIMInferer
         from ..engines.evaluation import evaluate, load_case
 
-        out = _need_dir(out_dir)
+        try:
+            ov = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
+        except ValueError as e:
+            raise InputError(f"--overrides must be a JSON dict, e.g. '{{\"volume_size\": 64}}' ({e})") from None
+        for path in [datalist] + ([extra_datalist] if extra_datalist else []):
+            if not Path(path).is_file():
+                raise InputError(f"{path}: no such datalist (made by `python -m custom prepare`)")
+        _need_dir_path(out_dir)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        ov = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
         net, parser = load_bundle_network(bundle, weights, ov, device)
         d, n, window = parser["volume_size"], parser["xray_size"], tuple(parser["window"])
 
@@ -291,6 +304,9 @@ class Commands:
         if not test:
             raise InputError(f"{datalist}: no test cases")
         train = entries(datalist, "training")[: int(max_train_cases)]
+        if not train:
+            raise InputError(f"{datalist}: no training cases; the baselines (mean CT, back-projection) fit on them")
+        out = _need_dir(out_dir)
         cases = [(e["case_id"], *load_case(e, base, d, n)) for e, base in test]
         train_pairs = [load_case(e, base, d, n) for e, base in train]
         inferer = DDIMInferer(d, parser["num_train_timesteps"], int(steps), num_samples=int(num_samples), seed=seed)
@@ -301,6 +317,97 @@ class Commands:
 
         summary = evaluate(reconstruct, cases, train_pairs, window, parser["geometry"], parser["cube_mm"], out)
         print(json.dumps(summary, indent=1))
+
+    def refiner_generate(self, out_dir: str, patients: int = 100, controls: int = 20, width: int = 192, seed: int = 0):
+        """Write stand-in data for the mask refiner: images, masks, coarse probability maps, splits, coarse Dice.
+
+        The layout is that of a coarse segmenter's output folder (the refiner workflow's --postprocess_dir):
+        images/<id>.png, labels/<id>.png, <id>_probabilities.npy (2, H, W), comprehensive_splits.json,
+        patient_dice_scores.json. Heights vary from 300 to 1000 px.
+
+        Args:
+            out_dir: output folder.
+            patients: images with lesions.
+            controls: images without lesions.
+            width: image width in px.
+            seed: generator seed.
+        """
+        from ..data.refiner import generate_source
+
+        if int(patients) < 5 or int(controls) < 1 or int(width) < 32:
+            raise InputError("need at least 5 patients, 1 control and a width of 32 px")
+        print(f"stand-in data: {generate_source(_need_dir(out_dir), int(patients), int(controls), int(width), seed)}")
+
+    def refiner_setup(self, postprocess_dir: str, output_dir: str, hard_fraction: float = 0.20):
+        """Build the refiner dataset (softmax.npz, petmr.npy, entropy.npy, distance.npy, y_coord.npy, mask.png per
+        patient, refiner_splits.json with hardness) from a coarse segmenter's output folder. Resumable.
+
+        Args:
+            postprocess_dir: folder with <id>_probabilities.npy, images/, labels/, comprehensive_splits.json and
+                patient_dice_scores.json.
+            output_dir: output folder.
+            hard_fraction: share of training patients, lowest coarse Dice first, that count as hard.
+        """
+        from ..data.refiner import setup_dataset
+
+        if not Path(str(postprocess_dir)).is_dir():
+            raise InputError(f"{postprocess_dir}: no such folder")
+        splits = setup_dataset(postprocess_dir, _need_dir(output_dir), float(hard_fraction))
+        counts = {k: len(splits[k]) for k in ("train", "val", "test")}
+        hard = sum(v == "hard" for v in splits["hardness"].values())
+        print(f"refiner dataset: {output_dir} {counts}, {hard} hard")
+
+    def refiner_workflow(
+        self,
+        postprocess_dir: str,
+        output_dir: str,
+        batch_size: int = 8,
+        max_epochs: int = 100,
+        hard_fraction: float = 0.20,
+        bundle: str = str(BUNDLES_DIR / "mask_refiner_2d"),
+        overrides: str = "{}",
+    ):
+        """Set up the refiner dataset, train the RefinerUNet with the bundle's train.json, evaluate on the test split.
+
+        Writes OUTPUT_DIR/data (dataset), OUTPUT_DIR/runs (checkpoints, model.pt = best validation Dice, logs) and
+        OUTPUT_DIR/eval (metrics.csv, summary.json: coarse vs refined, harm rate, gain per coarse-Dice quintile).
+
+        Args:
+            postprocess_dir: coarse segmenter output (see refiner-setup); make stand-in data with refiner-generate.
+            output_dir: output folder.
+            batch_size: images per batch; the 5 hard / 1 control / 2 random pattern is scaled to it.
+            max_epochs: training epochs (an epoch sees about as many images as the training set has).
+            hard_fraction: share of training patients that count as hard.
+            bundle: the mask_refiner_2d bundle folder.
+            overrides: JSON dict of further train.json overrides.
+        """
+        from monai.bundle import run
+
+        from ..data.samplers import scale_pattern
+        from ..engines.refiner_evaluation import evaluate_refiner
+
+        try:
+            extra = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
+        except ValueError as e:
+            raise InputError(f"--overrides must be a JSON dict ({e})") from None
+        out = _need_dir(output_dir)
+        self.refiner_setup(postprocess_dir, out / "data", hard_fraction)
+        cfg = Path(bundle) / "configs" / "train.json"
+        if not cfg.is_file():
+            raise InputError(f"{bundle}: not a bundle folder (no configs/train.json)")
+        settings = {
+            "bundle_root": str(bundle),
+            "dataset_dir": str(out / "data"),
+            "output_dir": str(out / "runs"),
+            "max_epochs": int(max_epochs),
+            "BATCH_PATTERN": scale_pattern(int(batch_size)),
+            "HARD_FRACTION": float(hard_fraction),
+            **extra,
+        }
+        run(config_file=str(cfg), **settings)
+        net, _ = load_bundle_network(bundle, out / "runs" / "model.pt", extra)
+        summary = evaluate_refiner(net, out / "data", "test", out / "eval", device="cpu")
+        print(json.dumps({k: v for k, v in summary.items() if k != "by_coarse_dice_quintile"}, indent=1))
 
     def demo(self, out_dir: str = "outputs/demo", count: int = 3, size: int = 128, seed: int = 100000):
         """The embedded default job: synthesize chest phantoms, render their X-rays, write NIfTI and PNG.
@@ -321,6 +428,8 @@ class Commands:
         from ..data.visualize import hstack, vstack, xray_display
         from ..physics import get_geometry
 
+        if int(size) < 8 or int(count) < 1:
+            raise InputError(f"--size must be >= 8 and --count >= 1, got {size} and {count}")
         out = _need_dir(out_dir)
         geo = get_geometry("x2ctgan", int(size))
         rows = []
@@ -361,7 +470,13 @@ def load_bundle_network(bundle, weights=None, overrides: dict | None = None, dev
             raise InputError(f"{weights}: not a plain state dict of tensors ({type(e).__name__}: {e})") from None
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]
-        net.load_state_dict(state)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise InputError(
+                f"{weights}: does not fit the network of {cfg} with overrides {overrides or {}} "
+                f"({str(e).splitlines()[0]}); pass the overrides it was trained with"
+            ) from None
     return net.to(device).eval(), parser
 
 

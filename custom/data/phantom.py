@@ -202,12 +202,9 @@ def chest_phantom(seed: int = 0, size: int = 128, fov: float = 320.0, noise_hu: 
 
 def phantom_affine(size: int, fov: float = 320.0):
     """RAS affine of a phantom: isotropic ``fov / size`` mm voxels, centred on the origin."""
-    import numpy as np
+    from .transforms import cube_affine
 
-    sp = fov / size
-    affine = np.diag([sp, sp, sp, 1.0])
-    affine[:3, 3] = -(size - 1) / 2 * sp
-    return affine
+    return cube_affine(size, fov)
 
 
 def write_phantoms(out_dir, count: int = 8, size: int = 128, seed: int = 0, fov: float = 320.0, progress=True):

@@ -33,7 +33,7 @@ from .io import save_json
 
 SPLITS = ("training", "validation", "test")
 IGNORED_FOLDERS = {"labels", "label", "masks", "mask", "segmentations"}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: area downsizing; CT affine centred on the isocentre
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def _build_case(case: Case, cases_dir: str, settings: dict, threads: int) -> tup
     from .ct import load_ct
     from .io import save_json as _save_json
     from .io import save_nifti, save_png
-    from .transforms import preprocess_ct
+    from .transforms import cube_affine, preprocess_ct
     from .visualize import ct_slices_display, hstack, xray_display
     from .xray import save_xray
 
@@ -159,7 +159,8 @@ def _build_case(case: Case, cases_dir: str, settings: dict, threads: int) -> tup
         geo = ProjectionGeometry(**settings["geometry"])
         with torch.no_grad():
             drr = DRR(geo, ("frontal", "lateral"), settings["mu_water"])(hu[None])[0]
-        affine = np.asarray(hu.affine, dtype=np.float64)
+        # centred on the origin like the DRR isocentre and every reconstruction, so they overlay in a viewer
+        affine = cube_affine(settings["size"], settings["cube_mm"])
         save_nifti(hu[0].numpy(), affine, tmp / "ct.nii.gz", dtype=np.int16, description="CT in HU")
         save_xray(drr[0], geo, tmp / "frontal.nii.gz")
         save_xray(drr[1], geo, tmp / "lateral.nii.gz")

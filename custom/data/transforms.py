@@ -89,6 +89,16 @@ def ct_geometry_transform(size: int = 128, cube_mm: float = 320.0, iso_spacing: 
     )
 
 
+def cube_affine(size: int, cube_mm: float = 320.0):
+    """RAS affine of a ``size``^3 grid over a ``cube_mm`` cube centred on the origin (the DRR isocentre)."""
+    import numpy as np
+
+    sp = cube_mm / size
+    affine = np.diag([sp, sp, sp, 1.0])
+    affine[:3, 3] = -(size - 1) / 2 * sp
+    return affine
+
+
 def preprocess_ct(ct, size: int = 128, cube_mm: float = 320.0, iso_spacing: float = 1.0):
     """Apply :func:`ct_geometry_transform` to a loaded CT; returns a (1, size, size, size) MetaTensor in HU."""
     if _already_on_grid(ct, size, cube_mm):

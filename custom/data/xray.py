@@ -124,7 +124,7 @@ def _read_nifti(path: Path) -> MetaTensor:
             raise InputError(f"{path}: an X-ray must be a 2D image, got shape {img.shape}")
         if int(np.prod(shape)) > MAX_PIXELS:
             raise InputError(f"{path}: the header claims {shape} pixels, more than accepted")
-        arr = np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:2])
+        arr = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except InputError:
         raise
     except Exception as e:

@@ -36,10 +36,11 @@ def prepare_cascade_batch(batchdata, device=None, non_blocking=False, **kwargs):
 
 
 def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean L1 difference of finite-difference gradients along each spatial axis (seed 002's gradient term)."""
+    """Per-sample (B,) mean L1 difference of finite-difference gradients along each spatial axis (seed 002)."""
     loss = 0.0
     for axis in range(2, pred.ndim):
-        loss = loss + F.l1_loss(torch.diff(pred, dim=axis), torch.diff(target, dim=axis))
+        diff = (torch.diff(pred, dim=axis) - torch.diff(target, dim=axis)).abs()
+        loss = loss + diff.flatten(1).mean(1)
     return loss / (pred.ndim - 2)
 
 
@@ -65,17 +66,19 @@ class DRRConsistencyLoss(torch.nn.Module):
         return line_integral_to_input(self._drr[pixels](window_to_hu(x, self.window), (self.cube_mm / d,) * 3))
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-sample (B,) mean absolute DRR difference."""
         with torch.no_grad():
             ref = self.render(target)
-        return F.l1_loss(self.render(pred), ref)
+        return (self.render(pred) - ref).abs().flatten(1).mean(1)
 
 
 class CascadeDiffusionTrainer(SupervisedTrainer):
     """v-prediction diffusion training with image and physics losses on the predicted ``x0``.
 
-    ``loss = MSE(v) + a_t * (w_l1 L1 + w_ssim (1 - SSIM) + w_grad gradient) (x0) + w_physics DRR(x0)``, the image
-    and physics terms weighted per sample by ``a_t`` (alpha-bar) so that nearly pure-noise steps, whose ``x0`` is a
-    guess, do not dominate. ``x0`` is clamped to ``clip_x0`` (fix #3). The network gets ``t / T`` (fix #2).
+    ``loss = MSE(v) + mean_b[ w_b * (w_l1 L1 + w_ssim (1 - SSIM) + w_grad gradient + w_physics DRR)(x0_b) ]``, with
+    ``w_b = a_t`` (alpha-bar of the sample's timestep, ``x0_loss_weighting="alpha_bar"``) so that nearly pure-noise
+    steps, whose ``x0`` is a guess, count little, or ``w_b = 1`` (``"none"``). ``x0`` is clamped to ``clip_x0``
+    (fix #3). The network gets ``t / T`` (fix #2).
 
     Args (beyond ``SupervisedTrainer``'s; ``loss_function`` is unused and may be None):
         num_train_timesteps: T of the cosine schedule.
@@ -95,27 +98,37 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         ssim_win_size: int = 7,
         grad_clip: float | None = 1.0,
         clip_x0: Sequence[float] = (-1.5, 1.5),
+        x0_loss_weighting: str = "alpha_bar",
         **kwargs,
     ):
+        if x0_loss_weighting not in ("alpha_bar", "none"):
+            raise ValueError(f"x0_loss_weighting must be 'alpha_bar' or 'none', got {x0_loss_weighting!r}")
+        self.x0_loss_weighting = x0_loss_weighting
         kwargs.setdefault("loss_function", None)
         kwargs.setdefault("prepare_batch", prepare_cascade_batch)
         super().__init__(*args, **kwargs)
         self.num_train_timesteps = int(num_train_timesteps)
         self.alpha_bar = cosine_alpha_bar(self.num_train_timesteps).float()
+        self._alpha_bar_on: dict = {}
         weights = {"l1": 1.0, "ssim": 0.5, "gradient": 0.15, "physics": 0.0}
         weights.update(loss_weights or {})
         self.loss_weights = weights
         if weights["physics"] > 0 and physics_loss is None:
             raise ValueError("loss_weights['physics'] > 0 needs physics_loss (a DRRConsistencyLoss)")
         self.physics_loss = physics_loss
-        self.ssim_loss = SSIMLoss(spatial_dims=3, data_range=2.0, win_size=ssim_win_size)
+        self.ssim_loss = SSIMLoss(spatial_dims=3, data_range=2.0, win_size=ssim_win_size, reduction="none")
         self.grad_clip = grad_clip
         self.clip_x0 = tuple(clip_x0)
+
+    def _alpha_bar(self, device) -> torch.Tensor:
+        if device not in self._alpha_bar_on:
+            self._alpha_bar_on[device] = self.alpha_bar.to(device)
+        return self._alpha_bar_on[device]
 
     def compute_losses(self, network, xray, ct, extra) -> dict:
         b = ct.shape[0]
         t = torch.randint(0, self.num_train_timesteps, (b,), device=ct.device)
-        a = self.alpha_bar.to(ct.device)[t]
+        a = self._alpha_bar(ct.device)[t]
         eps = torch.randn_like(ct)
         x_t = add_noise(ct, eps, a)
         with torch.autocast(device_type=ct.device.type, enabled=self.amp):
@@ -123,20 +136,21 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         v_pred = v_pred.float()
         losses = {"mse_v": F.mse_loss(v_pred, velocity(ct, eps, a))}
         x0 = x0_from_v(x_t, v_pred, a).clamp(*self.clip_x0)
-        w = a.view(-1, 1, 1, 1, 1)
-        wsum = a.sum().clamp(min=1e-6)
+        per_sample = {}
         if self.loss_weights["l1"]:
-            losses["l1"] = ((x0 - ct).abs() * w).mean() * b / wsum
+            per_sample["l1"] = (x0 - ct).abs().flatten(1).mean(1)
         if self.loss_weights["ssim"]:
-            losses["ssim"] = sum(a[i] * self.ssim_loss(x0[i : i + 1], ct[i : i + 1]) for i in range(b)) / wsum
+            per_sample["ssim"] = self.ssim_loss(x0, ct).flatten(1).mean(1)
         if self.loss_weights["gradient"]:
-            losses["gradient"] = sum(a[i] * gradient_loss(x0[i : i + 1], ct[i : i + 1]) for i in range(b)) / wsum
+            per_sample["gradient"] = gradient_loss(x0, ct)
         if self.loss_weights["physics"]:
-            losses["physics"] = sum(a[i] * self.physics_loss(x0[i : i + 1], ct[i : i + 1]) for i in range(b)) / wsum
+            per_sample["physics"] = self.physics_loss(x0, ct)
+        # each sample's x0 terms count in proportion to its signal level a_t: at a_t ~ 0 the x0 estimate is a guess
+        w = a if self.x0_loss_weighting == "alpha_bar" else torch.ones_like(a)
         total = losses["mse_v"]
-        for name in ("l1", "ssim", "gradient", "physics"):
-            if name in losses:
-                total = total + self.loss_weights[name] * losses[name]
+        for name, value in per_sample.items():
+            losses[name] = (w * value).mean()
+            total = total + self.loss_weights[name] * losses[name]
         losses["total"] = total
         return losses
 
@@ -152,9 +166,11 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         loss = losses["total"]
         engine.state.output[Keys.LOSS] = loss
-        engine.state.output["losses"] = {k: float(v.detach()) for k, v in losses.items()}
+        names = list(losses)
+        values = torch.stack([losses[k].detach().float() for k in names]).tolist()  # one device sync
+        engine.state.output["losses"] = dict(zip(names, values))
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        loss_value = float(loss.detach())
+        loss_value = engine.state.output["losses"]["total"]
         if not math.isfinite(loss_value):
             # a NaN/Inf loss must not reach the weights: skip the step and say so
             self.logger.warning(f"non-finite loss {loss_value} at iteration {engine.state.iteration}; step skipped")
@@ -219,7 +235,7 @@ class DDIMInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         b, d, k = inputs.shape[0], self.volume_size, self.num_samples
-        gen = torch.Generator().manual_seed(int(self.seed)) if self.seed is not None else None
+        gen = torch.Generator(device=inputs.device).manual_seed(int(self.seed)) if self.seed is not None else None
         cond = {"xrays": inputs.repeat_interleave(k, dim=0)}
         if kwargs.get("prev") is not None:
             cond["prev"] = kwargs["prev"].repeat_interleave(k, dim=0)

@@ -14,7 +14,6 @@ training cases.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from monai.metrics import SSIMMetric
 
+from ..data.io import atomic_path, save_json
 from ..data.transforms import hu_to_window, window_to_hu
 from ..data.xray import line_integral_to_input
 from ..physics import DRRProjector, get_geometry
@@ -40,7 +40,7 @@ def load_case(entry: dict, base_dir, volume_size: int, xray_size: int):
     base = Path(base_dir)
     load = LoadImage(reader="NibabelReader", image_only=True)
     ct = load(str(base / entry["ct"]))[None]
-    ct = Resize((volume_size,) * 3, mode="trilinear", anti_aliasing=True)(ct)[0]
+    ct = Resize((volume_size,) * 3, mode="area")(ct)[0]  # area: no zero (water) padding at the border
     views = []
     for key in ("frontal", "lateral"):
         img = load(str(base / entry[key]))[None]
@@ -83,13 +83,17 @@ class BackprojectionBaseline:
         self.geometry = get_geometry(geometry) if isinstance(geometry, str) else geometry
         self.cube_mm = float(cube_mm)
         self.coef = (1.0, 0.0)
+        self._cache: dict = {}
 
     def volume(self, xray: torch.Tensor, d: int) -> torch.Tensor:
         n = xray.shape[-1]
-        proj = DRRProjector(self.geometry.resized(n))
-        shape, sp = (d,) * 3, (self.cube_mm / d,) * 3
-        bp = proj.backproject(xray[None].float(), shape, sp)
-        w = proj.backproject(torch.ones(1, 2, n, n), shape, sp).clamp(min=1e-6)
+        key = (n, d)
+        if key not in self._cache:  # the projector plans and the ray weights depend on sizes only
+            proj = DRRProjector(self.geometry.resized(n))
+            shape, sp = (d,) * 3, (self.cube_mm / d,) * 3
+            self._cache[key] = (proj, proj.backproject(torch.ones(1, 2, n, n), shape, sp).clamp(min=1e-6))
+        proj, w = self._cache[key]
+        bp = proj.backproject(xray[None].float(), (d,) * 3, (self.cube_mm / d,) * 3)
         return (bp / w).mean(dim=1)[0]
 
     def fit(self, pairs):
@@ -143,10 +147,9 @@ def evaluate(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "metrics.csv", "w", newline="") as f:
+        with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        with open(out / "summary.json", "w") as f:
-            json.dump(summary, f, indent=2)
+        save_json(summary, out / "summary.json")
     return summary

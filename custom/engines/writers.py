@@ -5,21 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from ignite.engine import Events
 
 from ..data.io import save_json, save_nifti, save_png
-from ..data.transforms import window_to_hu
+from ..data.transforms import cube_affine, window_to_hu
 from ..data.visualize import ct_slices_display, hstack, vstack, xray_display
-
-
-def cube_affine(size: int, cube_mm: float = 320.0) -> np.ndarray:
-    """RAS affine of a reconstruction: ``size``^3 voxels over a ``cube_mm`` cube centred on the isocentre."""
-    sp = cube_mm / size
-    affine = np.diag([sp, sp, sp, 1.0])
-    affine[:3, 3] = -(size - 1) / 2 * sp
-    return affine
 
 
 def _item(batch, i: int) -> dict:
@@ -113,3 +104,41 @@ class ReconstructionWriter:
                 },
                 case / "ct.json",
             )
+
+
+class MaskWriter:
+    """Ignite handler for the mask refiner: ``<case>_mask.png`` (0/255) and ``<case>_overlay.png`` per image.
+
+    The overlay shows the image in grey, the refined mask in red and the coarse mask's outline in yellow.
+
+    Args:
+        output_dir: output folder.
+        threshold: probability above which a pixel is foreground.
+    """
+
+    def __init__(self, output_dir, threshold: float = 0.5):
+        self.output_dir = Path(output_dir)
+        self.threshold = float(threshold)
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        import numpy as np
+        from scipy import ndimage
+
+        items = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        for i, item in enumerate(items):
+            info = _item(engine.state.batch, i)
+            name = str(info.get("case_id") or f"case_{i:04d}")
+            prob = torch.sigmoid(torch.as_tensor(item["pred"]).float()).cpu().numpy().reshape(item["pred"].shape[-2:])
+            x = torch.as_tensor(item["image"]).float().cpu().numpy()
+            mask = prob > self.threshold
+            save_png((mask * 255).astype(np.uint8), self.output_dir / f"{name}_mask.png")
+            grey = np.clip(x[2] / max(float(x[2].max()), 1e-6), 0, 1)
+            rgb = np.stack([grey] * 3, axis=-1)
+            rgb[mask] = 0.5 * rgb[mask] + 0.5 * np.array([1.0, 0.0, 0.0])
+            coarse = x[1] > 0.5
+            edge = coarse & ~ndimage.binary_erosion(coarse)
+            rgb[edge] = [1.0, 1.0, 0.0]
+            save_png((rgb * 255).astype(np.uint8), self.output_dir / f"{name}_overlay.png")

@@ -71,11 +71,22 @@ class DepthLifting(nn.Module):
         self.cube_mm = float(cube_mm)
         self.fuse = nn.Conv3d(in_channels * len(self.views), out_channels, 1)
         self._projectors: dict = {}
+        self._weights: dict = {}
 
     def _projector(self, pixels: int) -> DRRProjector:
         if pixels not in self._projectors:
             self._projectors[pixels] = DRRProjector(self.geometry.resized(pixels), self.views)
         return self._projectors[pixels]
+
+    @torch.no_grad()
+    def _ray_weight(self, proj, n_views: int, u: int, grid: int, device) -> torch.Tensor:
+        """Sum of ray weights per voxel (constant): turns the backprojected sum into an average along rays."""
+        key = (u, grid, str(device))
+        if key not in self._weights:
+            ones = torch.ones(1, n_views, u, u, device=device)
+            shape, spacing = (grid,) * 3, (self.cube_mm / grid,) * 3
+            self._weights[key] = proj.backproject(ones, shape, spacing).clamp(min=1e-6)
+        return self._weights[key]
 
     def forward(self, feats: torch.Tensor, grid: int) -> torch.Tensor:
         """``feats`` (B, C, n_views, U, U) -> (B, out_channels, grid, grid, grid)."""
@@ -83,9 +94,7 @@ class DepthLifting(nn.Module):
         proj = self._projector(u)
         shape, spacing = (grid,) * 3, (self.cube_mm / grid,) * 3
         lifted = proj.backproject(feats.reshape(b * c, n_views, u, u), shape, spacing)
-        with torch.no_grad():  # ray weight per voxel: turns the backprojected sum into an average along rays
-            ones = torch.ones(1, n_views, u, u, device=feats.device)
-            weight = proj.backproject(ones, shape, spacing).clamp(min=1e-6)
+        weight = self._ray_weight(proj, n_views, u, grid, feats.device)
         lifted = (lifted / weight).to(feats.dtype).reshape(b, c * n_views, grid, grid, grid)
         return self.fuse(lifted)
 

@@ -147,10 +147,16 @@ class _SparseApply(torch.autograd.Function):
         return None, None, ctx.mt @ grad.contiguous()
 
 
-def _project(vol: torch.Tensor, plan: _ViewPlan, n_pix: int) -> torch.Tensor:
-    """Line integrals (B, U, V) of ``vol`` (B, X, Y, Z) for one planned view."""
+def _as_matrix(vol: torch.Tensor) -> torch.Tensor:
+    """(B, X, Y, Z) -> the (X*Y, Z*B) matrix the interpolation matrices act on (a view when B = 1)."""
     b, n_x, n_y, n_z = vol.shape
-    mat = vol.reshape(n_x * n_y, n_z) if b == 1 else vol.permute(1, 2, 3, 0).reshape(n_x * n_y, n_z * b)
+    return vol.reshape(n_x * n_y, n_z) if b == 1 else vol.permute(1, 2, 3, 0).reshape(n_x * n_y, n_z * b)
+
+
+def _project(vol: torch.Tensor, plan: _ViewPlan, n_pix: int, mat: torch.Tensor | None = None) -> torch.Tensor:
+    """Line integrals (B, U, V) of ``vol`` (B, X, Y, Z) for one planned view (``mat``: its precomputed matrix)."""
+    b, n_x, n_y, n_z = vol.shape
+    mat = _as_matrix(vol) if mat is None else mat
     cols = _SparseApply.apply(*plan.m_cols, mat)  # (K*U, Z*B): each ray column of each plane
     if plan.m_rows is not None:
         cols = cols.view(plan.n_k, n_pix, n_z, b).transpose(1, 2).reshape(plan.n_k * n_z, n_pix * b)
@@ -215,7 +221,8 @@ class DRRProjector(torch.nn.Module):
         device_type = mu.device.type if mu.device.type in ("cuda", "cpu") else "cpu"
         with torch.autocast(device_type=device_type, enabled=False):
             vol = torch.as_tensor(mu).float()[:, 0]
-            views = [_project(vol, plan, self.geometry.detector_pixels) for plan in plans]
+            mat = _as_matrix(vol)  # one copy shared by all views
+            views = [_project(vol, plan, self.geometry.detector_pixels, mat) for plan in plans]
         return torch.stack(views, dim=1)
 
     def backproject(self, img: torch.Tensor, shape: Sequence[int], spacing: Sequence[float]) -> torch.Tensor:

@@ -143,6 +143,16 @@ BAD_INPUTS = {
     "out_dir is a file": (["drr", "{d}/phantom.nii.gz", "{d}/a_file"], ["a_file: exists and is not a folder"]),
     "phantoms count 0": (["phantoms", "{o}", "--count", "0"], ["count must be >= 1"]),
     "sample-data bad wheel": (["sample-data", "{o}", "--wheel", "{d}/a_file"], ["not a valid wheel"]),
+    "negative mu_water": (["drr", "{d}/phantom.nii.gz", "{o}", "--mu_water", "-1"], ["--mu_water must be positive"]),
+    "demo size too small": (["demo", "--out_dir", "{o}", "--size", "4"], ["--size must be >= 8"]),
+    "evaluate missing datalist": (
+        ["evaluate-xray2ct", "{d}/nope.json", "{o}", "{d}/nope.pt"],
+        ["nope.json: no such datalist"],
+    ),
+    "evaluate bad overrides": (
+        ["evaluate-xray2ct", "{d}/a_file", "{o}", "{d}/nope.pt", "--overrides", "{{not json"],
+        ["--overrides must be a JSON dict"],
+    ),
 }
 
 

@@ -44,7 +44,23 @@ def test_losses_are_finite_and_physics_loss_compares_like_with_like():
     assert set(losses) >= {"mse_v", "l1", "ssim", "gradient", "physics", "total"}
     assert all(torch.isfinite(v) for v in losses.values())
     phys = DRRConsistencyLoss("parallel")
-    assert phys(ct, ct) < 1e-6 and phys(ct, -ct) > 0.01
+    same, flipped = phys(ct, ct), phys(ct, -ct)
+    assert same.shape == (2,) and same.max() < 1e-6 and flipped.min() > 0.01
+
+
+def test_x0_terms_are_weighted_by_alpha_bar_even_for_one_sample(monkeypatch):
+    """At the noisiest timestep (alpha-bar 1e-5) the image terms must nearly vanish, also with batch size 1."""
+    torch.manual_seed(0)
+    tr = _trainer()
+    ct = torch.rand(1, 1, 16, 16, 16) * 2 - 1
+    monkeypatch.setattr(torch, "randint", lambda lo, hi, size, device=None: torch.full(size, hi - 1, device=device))
+    weighted = tr.compute_losses(tr.network, torch.rand(1, 2, 16, 16), ct, {})
+    tr.x0_loss_weighting = "none"
+    plain = tr.compute_losses(tr.network, torch.rand(1, 2, 16, 16), ct, {})
+    a = float(tr.alpha_bar[-1])
+    for name in ("l1", "ssim", "gradient"):
+        assert plain[name] > 0.01
+        assert torch.isclose(weighted[name], a * plain[name], rtol=1e-3, atol=1e-9)
 
 
 def test_nan_loss_skips_the_step_without_touching_weights():
@@ -89,14 +105,9 @@ def _bundle_run(configs, cwd, *overrides, torchrun=False, timeout=600):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Phantoms -> prepare -> ``monai.bundle run train.json``, tiny sizes, real subprocesses, from a foreign cwd."""
-    tmp = tmp_path_factory.mktemp("cascade")
-    assert run_cli("phantoms", tmp / "ph", "--count", 6, "--size", 16).returncode == 0
-    r = run_cli("prepare", tmp / "ph", tmp / "prep", "--size", 16, "--val_fraction", 0.34, "--test_fraction", 0.17)
-    assert r.returncode == 0, r.stderr
-    proc = _bundle_run(
+def _train(tmp, max_epochs, resume=False):
+    """train.json on tmp/prep into tmp/run (tiny sizes)."""
+    return _bundle_run(
         ["train.json"],
         tmp,
         "--dataset_dir",
@@ -104,14 +115,26 @@ def trained(tmp_path_factory):
         "--output_dir",
         tmp / "run",
         "--max_epochs",
-        2,
+        max_epochs,
         "--val_interval",
         1,
         "--batch_size",
         2,
         "--warmup_epochs",
         1,
+        "--resume",
+        str(bool(resume)),
     )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Phantoms -> prepare -> ``monai.bundle run train.json``, tiny sizes, real subprocesses, from a foreign cwd."""
+    tmp = tmp_path_factory.mktemp("cascade")
+    assert run_cli("phantoms", tmp / "ph", "--count", 6, "--size", 16).returncode == 0
+    r = run_cli("prepare", tmp / "ph", tmp / "prep", "--size", 16, "--val_fraction", 0.34, "--test_fraction", 0.17)
+    assert r.returncode == 0, r.stderr
+    proc = _train(tmp, max_epochs=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, proc.stdout + proc.stderr
 
@@ -245,24 +268,7 @@ def test_multi_gpu_config_runs_two_processes_on_cpu(trained):
 
 def test_resume_continues_from_the_last_checkpoint(trained):
     tmp, _ = trained
-    proc = _bundle_run(
-        ["train.json"],
-        tmp,
-        "--dataset_dir",
-        tmp / "prep",
-        "--output_dir",
-        tmp / "run",
-        "--max_epochs",
-        3,
-        "--val_interval",
-        1,
-        "--batch_size",
-        2,
-        "--warmup_epochs",
-        1,
-        "--resume",
-        "True",
-    )
+    proc = _train(tmp, max_epochs=3, resume=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "Restored all variables" in log

@@ -162,13 +162,18 @@ def test_general_angle_path_agrees_with_separable_path():
 
 
 def test_x2ctgan_preset_and_half_precision_input():
+    """Half-precision input under autocast is rendered in float32: same image as a float32 input."""
     geo = get_geometry("x2ctgan", pixels=32)
     assert geo.source_to_isocenter == 541 and geo.source_to_detector == 949
     assert math.isclose(geo.detector_extent, 500.0)
-    hu = torch.zeros(1, 1, 16, 16, 16, dtype=torch.float64)
-    out = DRR(geo)(hu, (20.0, 20.0, 20.0))
+    torch.manual_seed(6)
+    hu = torch.rand(1, 1, 16, 16, 16) * 1500 - 1000
+    ref = DRR(geo)(hu, (20.0, 20.0, 20.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = DRR(geo)(hu.bfloat16(), (20.0, 20.0, 20.0))
     assert out.dtype == torch.float32 and out.shape == (1, 2, 32, 32)
-    assert out.max() > 0
+    assert torch.allclose(out, ref, rtol=0.02, atol=0.02)  # only the bfloat16 rounding of the input differs
+    assert ref.max() > 0.5
 
 
 def test_rejects_bad_shapes():
