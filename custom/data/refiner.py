@@ -195,8 +195,8 @@ def setup_dataset(postprocess_dir, output_dir, hard_fraction: float = 0.20) -> d
         probs = np.load(prob_path, allow_pickle=False).astype(np.float32)
         if probs.ndim != 3 or probs.shape[0] != 2:
             raise InputError(f"{prob_path}: expected shape (2, H, W), got {probs.shape}")
-        img = _read_png(src / "images" / f"{pid}.png").astype(np.float32)
-        gt = _read_png(src / "labels" / f"{pid}.png") > 0
+        img = _load_image_2d(_find_image(src / "images", pid)).astype(np.float32)
+        gt = _load_image_2d(_find_image(src / "labels", pid)) > 0
         if img.shape != probs.shape[1:] or gt.shape != probs.shape[1:]:
             raise InputError(f"{pid}: image {img.shape}, mask {gt.shape} and probabilities {probs.shape} disagree")
         case.mkdir(exist_ok=True)
@@ -261,6 +261,17 @@ def refiner_datalist(data_dir, split: str) -> list[dict]:
         raise InputError(f"{d}: no refiner_splits.json; run `python -m custom refiner-setup` first")
     splits = json.loads(path.read_text())
     return [{"case_dir": str(d / p), "hardness": splits["hardness"].get(p, "random")} for p in splits[split]]
+
+
+IMAGE_SUFFIXES = (".png", ".nii.gz", ".nii", ".dcm", ".npy", ".tif", ".tiff")
+
+
+def _find_image(folder: Path, pid: str) -> Path:
+    """``folder/<pid><suffix>`` for the first supported suffix (PNG, NIfTI, DICOM, NumPy, TIFF)."""
+    for suffix in IMAGE_SUFFIXES:
+        if (folder / f"{pid}{suffix}").is_file():
+            return folder / f"{pid}{suffix}"
+    raise InputError(f"{folder}: no image for {pid} (looked for {', '.join(IMAGE_SUFFIXES)})")
 
 
 def _load_image_2d(path: Path) -> np.ndarray:

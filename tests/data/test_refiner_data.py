@@ -92,3 +92,20 @@ def test_batch_sampler_composition_and_reproducibility():
     assert list(sampler) != batches  # the next epoch is a new draw
     with pytest.raises(ValueError, match="has none"):
         HardExampleBatchSampler(["random"] * 10, {"hard": 5, "control": 1, "random": 2})
+
+
+def test_setup_reads_nifti_images_and_masks(tmp_path):
+    """A postprocess folder whose image and mask are NIfTI (a PET/MR slice) sets up like a PNG one."""
+    import nibabel as nib
+
+    src = generate_source(tmp_path / "src", n_patients=5, n_controls=1, width=32, seed=4, heights=(40, 50))
+    pid = "patient_000"
+    from PIL import Image
+
+    for sub in ("images", "labels"):
+        arr = np.asarray(Image.open(src / sub / f"{pid}.png")).astype(np.float32)
+        nib.save(nib.Nifti1Image(arr.T, np.eye(4)), str(src / sub / f"{pid}.nii.gz"))  # NIfTI stores (cols, rows)
+        (src / sub / f"{pid}.png").unlink()
+    setup_dataset(src, tmp_path / "data")
+    x, mask = load_case(tmp_path / "data" / pid)
+    assert x.shape[1:] == mask.shape and mask.shape == np.load(src / f"{pid}_probabilities.npy").shape[1:]
