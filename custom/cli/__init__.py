@@ -409,6 +409,42 @@ class Commands:
         summary = evaluate_refiner(net, out / "data", "test", out / "eval", device="cpu")
         print(json.dumps({k: v for k, v in summary.items() if k != "by_coarse_dice_quintile"}, indent=1))
 
+    def refiner_evaluate(
+        self,
+        data_dir: str,
+        weights: str,
+        out_dir: str,
+        split: str = "test",
+        bundle: str = str(BUNDLES_DIR / "mask_refiner_2d"),
+        overrides: str = "{}",
+    ):
+        """Held-out metrics of a trained refiner next to the coarse masks it refines.
+
+        Writes OUT_DIR/metrics.csv (per image: Dice, IoU, HD95, surface Dice, false-positive area, coarse and
+        refined) and OUT_DIR/summary.json (means, harm rate, gain per coarse-Dice quintile and on the hard group).
+
+        Args:
+            data_dir: a refiner dataset folder (refiner-setup output).
+            weights: model.pt of the refiner.
+            out_dir: output folder.
+            split: train, val or test.
+            bundle: the mask_refiner_2d bundle folder (its train.json defines the network).
+            overrides: JSON dict of train.json overrides the weights were trained with.
+        """
+        from ..engines.refiner_evaluation import evaluate_refiner
+
+        if split not in ("train", "val", "test"):
+            raise InputError(f"split must be train, val or test, got {split!r}")
+        if not (Path(data_dir) / "refiner_splits.json").is_file():
+            raise InputError(f"{data_dir}: not a refiner dataset (no refiner_splits.json)")
+        try:
+            extra = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
+        except ValueError as e:
+            raise InputError(f"--overrides must be a JSON dict ({e})") from None
+        net, _ = load_bundle_network(bundle, weights, extra)
+        summary = evaluate_refiner(net, data_dir, split, _need_dir(out_dir))
+        print(json.dumps(summary, indent=1))
+
     def demo(self, out_dir: str = "outputs/demo", count: int = 3, size: int = 128, seed: int = 100000):
         """The embedded default job: synthesize chest phantoms, render their X-rays, write NIfTI and PNG.
 
