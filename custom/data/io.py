@@ -48,6 +48,24 @@ def save_json(obj, path) -> None:
             f.write("\n")
 
 
+def save_table(rows: list, path) -> None:
+    """Write a list of dicts (same keys) as CSV, atomically."""
+    import csv
+
+    with atomic_path(path, suffix=".csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_report(rows: list, summary: dict, out_dir) -> None:
+    """``metrics.csv`` (one row per case) and ``summary.json`` in ``out_dir``: the evaluation commands' outputs."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_table(rows, out / "metrics.csv")
+    save_json(summary, out / "summary.json")
+
+
 def save_nifti(array, affine, path, dtype=np.float32, description: str | None = None) -> None:
     """Write ``array`` with ``affine`` (RAS, mm) as NIfTI, atomically."""
     arr = np.asarray(array)

@@ -13,7 +13,6 @@ training cases.
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from monai.metrics import SSIMMetric
 
-from ..data.io import atomic_path, save_json
+from ..data.io import save_report
 from ..data.transforms import hu_to_window, window_to_hu
 from ..data.xray import line_integral_to_input
 from ..physics import DRRProjector, get_geometry
@@ -145,11 +144,5 @@ def evaluate(
         sel = [r for r in rows if r["method"] == name]
         summary[name] = {k: float(np.mean([r[k] for r in sel])) for k in ("psnr_hu", "ssim", "mae_hu", "drr_error")}
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        save_json(summary, out / "summary.json")
+        save_report(rows, summary, out_dir)
     return summary

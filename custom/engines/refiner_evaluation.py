@@ -9,7 +9,6 @@ hard group (coarse Dice at or below the training set's hard threshold).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric
 
-from ..data.io import atomic_path, save_json
+from ..data.io import save_report
 from ..data.refiner import dice, load_case
 
 HARM_TOLERANCE = 1e-3  # a Dice drop smaller than this is rounding, not harm
@@ -114,11 +113,5 @@ def evaluate_refiner(network, data_dir, split: str = "test", out_dir=None, spaci
             "harm_rate": float(np.mean([r["delta_dice"] < -HARM_TOLERANCE for r in hard])) if hard else math.nan,
         }
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        save_json(summary, out / "summary.json")
+        save_report(rows, summary, out_dir)
     return summary
