@@ -273,3 +273,58 @@ def test_resume_continues_from_the_last_checkpoint(trained):
     log = proc.stdout + proc.stderr
     assert "Restored all variables" in log
     assert "Epoch: 3/3" in log and "Epoch: 1/3" not in log  # epochs 1-2 are not trained again
+
+
+def test_training_survives_sigkill_and_resumes_to_the_same_epoch_count(trained):
+    """A real run killed with SIGKILL mid-training continues from its last checkpoint with --resume True."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tmp, _ = trained
+    out = tmp / "killed"
+    files = f"['{BUNDLE / 'configs' / 'train.json'}']"
+    args = ["--bundle_root", str(BUNDLE)]
+    for k, v in TINY.items():
+        args += [f"--{k}", json.dumps(v)]
+    args += [
+        "--num_workers",
+        "0",
+        "--ssim_win_size",
+        "3",
+        "--dataset_dir",
+        str(tmp / "prep"),
+        "--output_dir",
+        str(out),
+        "--max_epochs",
+        "60",
+        "--val_interval",
+        "1000",
+        "--save_interval",
+        "1",
+        "--batch_size",
+        "2",
+        "--warmup_epochs",
+        "1",
+    ]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *args]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("checkpoint_checkpoint_epoch=3*.pt")):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = sorted(out.glob("checkpoint_*.pt"))
+    assert saved and not (out / "checkpoint_final.pt").exists()
+    for ckpt in saved:  # every checkpoint on disk is complete: written under a temporary name, then renamed
+        torch.load(ckpt, weights_only=True)
+    resumed = subprocess.run(cmd + ["--resume", "True"], cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert "Restored all variables" in log
+    assert "Epoch: 60/60" in log and "Epoch: 1/60" not in log
+    assert (out / "checkpoint_final.pt").is_file()
