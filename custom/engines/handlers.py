@@ -60,3 +60,22 @@ class CopyWeights:
         src = getattr(self.source, "module", self.source)
         dst = getattr(self.target, "module", self.target)
         dst.load_state_dict(src.state_dict())
+
+
+class AtomicCheckpointSaver:
+    """MONAI's ``CheckpointSaver`` whose files are written under a temporary name and renamed into place.
+
+    MONAI builds its savers with ``atomic=False`` (for file permissions), so a crash or a kill while a checkpoint is
+    written leaves a truncated file under the final name, which a resumed run then fails to load; ignite's atomic
+    save also sets group/other read permission, so the permission concern does not apply. Same arguments as
+    ``monai.handlers.CheckpointSaver``.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        from monai.handlers import CheckpointSaver
+
+        saver = CheckpointSaver(*args, **kwargs)
+        for ckpt in (saver._final_checkpoint, saver._key_metric_checkpoint, saver._interval_checkpoint):
+            if ckpt is not None:
+                ckpt.save_handler._atomic = True
+        return saver

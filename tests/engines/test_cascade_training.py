@@ -328,3 +328,26 @@ def test_training_survives_sigkill_and_resumes_to_the_same_epoch_count(trained):
     assert "Restored all variables" in log
     assert "Epoch: 60/60" in log and "Epoch: 1/60" not in log
     assert (out / "checkpoint_final.pt").is_file()
+
+
+def test_checkpoint_saver_never_leaves_a_truncated_file(tmp_path, monkeypatch):
+    """A crash inside torch.save leaves no file under the final name (MONAI's own saver would leave half a file)."""
+    from custom.engines.handlers import AtomicCheckpointSaver
+
+    net = torch.nn.Linear(2, 2)
+    saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1)
+    handler = saver._interval_checkpoint.save_handler
+    handler({"model": net.state_dict()}, "good.pt")
+    good = (tmp_path / "good.pt").read_bytes()
+
+    def crash(obj, f, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(torch, "save", crash)
+    for name in ("good.pt", "new.pt"):
+        with pytest.raises(KeyboardInterrupt):
+            handler({"model": net.state_dict()}, name)
+    assert (tmp_path / "good.pt").read_bytes() == good  # the previous complete file is untouched
+    assert not (tmp_path / "new.pt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pt"]  # no temporary left behind
