@@ -112,6 +112,12 @@ def test_config_workflow_properties(bundle, config, workflow_type, tiny_data):
     assert wf.check_properties() == []
 
 
+def _bundle_args(root):
+    """The metadata, inference config and bundle root options of ``python -m monai.bundle`` commands."""
+    meta, cfg = root / "configs" / "metadata.json", root / "configs" / "inference.json"
+    return ["--meta_file", meta, "--config_file", cfg, "--bundle_root", root]
+
+
 def _bundle_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
@@ -130,12 +136,7 @@ def test_verify_net_in_out(bundle):
     proc = _bundle_cli(
         "verify_net_in_out",
         "network_def",
-        "--meta_file",
-        root / "configs" / "metadata.json",
-        "--config_file",
-        root / "configs" / "inference.json",
-        "--bundle_root",
-        root,
+        *_bundle_args(root),
         *NET_IN_OUT[bundle],
     )
     assert proc.returncode == 0 and "verified with no error" in proc.stdout + proc.stderr, proc.stderr[-2000:]
@@ -153,12 +154,7 @@ def test_refiner_torchscript_export_matches(tmp_path):
         ts_path,
         "--ckpt_file",
         root / "models" / "model.pt",
-        "--meta_file",
-        root / "configs" / "metadata.json",
-        "--config_file",
-        root / "configs" / "inference.json",
-        "--bundle_root",
-        root,
+        *_bundle_args(root),
         "--use_trace",
         "True",
         "--input_shape",
