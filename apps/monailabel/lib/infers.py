@@ -1,0 +1,424 @@
+"""MONAI Label infer tasks for the project's three bundles.
+
+Each task reads its bundle's ``configs/inference.json`` with MONAI's ConfigParser and runs the bundle's own network
+(and, for X-ray -> CT, its preprocessing and DDIM inferer). Results keep the geometry they should have: the refined
+mask has the input image's shape and affine, the reconstructed CT the bundle's cube, the refined CT the input CT's
+grid. Nothing is resized to look like the request's image.
+
+Errors in the request become HTTP 4xx responses whose ``detail`` says what is wrong: 400 for a missing or invalid
+parameter, 404 for an id that is not in the datastore, 422 for a file that cannot be used (corrupt, 3D where a 2D
+X-ray is expected, not a CT in HU...).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from fastapi import HTTPException
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from custom.data.ct import load_ct
+from custom.data.io import save_nifti, save_png
+from custom.data.refiner import make_channels
+from custom.data.transforms import cube_affine, hu_to_window, window_to_hu
+from custom.data.xray import load_xray
+from custom.errors import InputError
+
+from .bundles import WEIGHTS, CachedNetwork, make_parser, metadata, read_config
+
+logger = logging.getLogger(__name__)
+
+NIFTI = (".nii", ".nii.gz")
+PLAIN_IMAGES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def _input_error(exc: BaseException) -> InputError | None:
+    """The InputError behind ``exc``: MONAI's Compose wraps a transform's exception in a RuntimeError."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, InputError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _suffix(path: str) -> str:
+    name = str(path).lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def _int_param(request: dict, key: str, default: int, lo: int, hi: int) -> int:
+    value = request.get(key, default)
+    try:
+        number = int(value)
+        if number != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise HTTPException(400, f"{key} must be an integer, got {value!r}") from None
+    if not lo <= number <= hi:
+        raise HTTPException(400, f"{key} must be between {lo} and {hi}, got {number}")
+    return number
+
+
+def _temp_file(suffix: str) -> str:
+    fd, path = tempfile.mkstemp(suffix=suffix, prefix="monailabel_")
+    os.close(fd)
+    return path
+
+
+def output_affine(affine: np.ndarray, in_shape, out_shape) -> np.ndarray:
+    """Affine of a network output that covers the input's field of view, on the same or a k-times finer grid.
+
+    A super-resolution network returns k voxels per input voxel along an axis; the output keeps the physical extent,
+    so its spacing is divided by k and its first voxel centre moves half an output voxel inside the input's first
+    voxel. Any other shape change would put the result somewhere it does not belong, and is refused.
+    """
+    in_shape, out_shape = tuple(int(s) for s in in_shape), tuple(int(s) for s in out_shape)
+    factors = [o / i for o, i in zip(out_shape[-3:], in_shape[-3:])]
+    if len(out_shape) != 5 or out_shape[:2] != (1, 1) or any(f < 1 or f != int(f) for f in factors):
+        raise RuntimeError(
+            f"the CT refiner returned shape {out_shape} for an input of (1, 1, {in_shape}); expected "
+            "the same grid or a whole-number upsampling of it"
+        )
+    scale = np.diag([1 / f for f in factors] + [1.0])
+    scale[:3, 3] = [(1 / f - 1) / 2 for f in factors]
+    return affine @ scale
+
+
+class BundleInferTask(InferTask):
+    """Shared parts: the bundle's config and cached network, device, datastore and error translation.
+
+    The app passes its datastore so tasks can look up extra inputs by id and register new images.
+    """
+
+    def __init__(self, bundle_dir, datastore, device, weights, type, labels, dimension, description, config=None):
+        super().__init__(type=type, labels=labels, dimension=dimension, description=description, config=config)
+        self.bundle_dir = Path(bundle_dir)
+        self.datastore = datastore
+        self.device = device
+        self.bundle_config = read_config(self.bundle_dir)
+        self.network = CachedNetwork(self.bundle_config, self.bundle_dir, weights, device)
+        self.version = metadata(self.bundle_dir).get("version", "")
+        # one request at a time per task: the inferer keeps per-call state (DDIMInferer.last_std)
+        self._lock = threading.Lock()
+
+    def is_valid(self) -> bool:
+        return True
+
+    def get_path(self, validate=True):
+        try:
+            return str(self.network.weights_path())
+        except FileNotFoundError:
+            return None
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info["bundle"] = self.bundle_dir.name
+        info["version"] = self.version
+        return info
+
+    def __call__(self, request):
+        start = time.time()
+        names = self._display_names(request)
+        try:
+            with self._lock:
+                result_file, params = self.run(request)
+        except HTTPException:
+            raise
+        except Exception as e:
+            cause = _input_error(e)
+            if cause is None:
+                raise
+            message = str(cause)
+            for path, name in names.items():  # say which input is wrong without showing server paths
+                message = message.replace(path, name)
+            raise HTTPException(422, message) from None
+        params["latency_s"] = round(time.time() - start, 3)
+        return result_file, params
+
+    def _display_names(self, request) -> dict:
+        names = {}
+        image = request.get("image")
+        if isinstance(image, str) and image:
+            image_id = request.get("image_id")
+            names[image] = f"image {image_id!r}" if image_id else "the uploaded image"
+        if isinstance(request.get("label"), str) and request["label"]:
+            names[request["label"]] = "the uploaded label"
+        names.update(request.get("_display_names", {}))
+        return names
+
+    def resolve_id(self, request: dict, key: str, what: str) -> str:
+        """The datastore path of the image whose id is in ``request[key]`` (400 if absent, 404 if unknown)."""
+        image_id = request.get(key)
+        if not image_id or not isinstance(image_id, str):
+            raise HTTPException(
+                400, f"{self.name} needs the {what}: pass its datastore image id in params as {{{key!r}: '<id>'}}"
+            )
+        path = self.datastore.get_image_uri(image_id)
+        if not path or not os.path.isfile(path):
+            raise HTTPException(404, f"{key}: no image with id {image_id!r} in the datastore")
+        request.setdefault("_display_names", {})[path] = f"image {image_id!r}"
+        return path
+
+    def register(self, image_id: str, path: str, info: dict) -> str:
+        return self.datastore.add_image(image_id, path, info)
+
+    def run(self, request) -> tuple[str, dict]:
+        raise NotImplementedError
+
+
+class MaskRefinerInfer(BundleInferTask):
+    """2D mask refiner: the request image plus its coarse probability map in, the refined mask out.
+
+    The probability map is the uploaded ``label`` file or, for a datastore image, its label saved under the tag
+    ``coarse_tag`` (default ``coarse``). It is a foreground probability in [0, 1] (a 0/1 coarse mask works too),
+    as NIfTI or PNG on the image's grid, or the bundle's ``.npy`` (H, W) or (2, H, W) softmax. The result is a
+    label of the image's shape and affine: 1 = lesion.
+    """
+
+    name = "mask_refiner"
+
+    def __init__(self, bundle_dir, datastore, device, weights, label_name="lesion"):
+        super().__init__(
+            bundle_dir,
+            datastore,
+            device,
+            weights,
+            type=InferType.SEGMENTATION,
+            labels={label_name: 1},
+            dimension=2,
+            description="Refines a coarse 2D segmentation from its probability map (bundle mask_refiner_2d)",
+            config={"coarse_tag": "coarse", "threshold": 0.5},
+        )
+        self.threshold = float(self.bundle_config.get("threshold", 0.5))
+
+    def _probabilities(self, request, shape_uv) -> np.ndarray:
+        path = request.get("label")
+        if not path:
+            image_id = request.get("image_id")
+            tag = request.get("coarse_tag", "coarse")
+            path = self.datastore.get_label_uri(image_id, tag) if image_id else ""
+            if not path or not os.path.isfile(path):
+                where = f"saved in the datastore under tag {tag!r} for image {image_id!r}" if image_id else ""
+                raise HTTPException(
+                    400,
+                    "mask_refiner needs the coarse probability map: upload it as the label"
+                    + (f", or have it {where}" if where else ""),
+                )
+            request.setdefault("_display_names", {})[path] = f"the {tag!r} label of image {image_id!r}"
+        suffix = _suffix(path)
+        try:
+            if suffix == ".npy":
+                probs = np.load(path, allow_pickle=False).astype(np.float32)
+                fg = probs[1] if probs.ndim == 3 and probs.shape[0] == 2 else probs
+                fg = fg.T if fg.ndim == 2 else fg  # the bundle's .npy maps are (rows, cols)
+            elif suffix in NIFTI:
+                img = nib.load(path)
+                fg = np.asarray(img.dataobj, dtype=np.float32)
+                fg = fg.reshape([s for s in fg.shape if s != 1]) if fg.ndim > 2 else fg
+            elif suffix in PLAIN_IMAGES:
+                from PIL import Image
+
+                with Image.open(path) as im:
+                    raw = np.asarray(im)
+                fg = raw.astype(np.float32).T
+                if raw.dtype == np.uint8 and fg.max() > 1:
+                    fg = fg / 255.0
+                elif raw.dtype == np.uint16 and fg.max() > 1:
+                    fg = fg / 65535.0
+            else:
+                raise InputError(f"{path}: unsupported probability map format {suffix!r} (use NIfTI, PNG or .npy)")
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(f"{path}: not a readable probability map ({type(e).__name__}: {e})") from None
+        if fg.shape != tuple(shape_uv):
+            raise InputError(f"{path}: probability map of shape {fg.shape} does not match the image {tuple(shape_uv)}")
+        return fg
+
+    def run(self, request):
+        path = request["image"]
+        image = load_xray(path)  # (1, U, V), checks 2D, finiteness and size
+        uv = np.asarray(image[0], dtype=np.float32)
+        fg = self._probabilities(request, uv.shape)
+        channels = make_channels(fg.T, uv.T)  # the bundle works on (rows, cols)
+        net = self.network.get()
+        with torch.no_grad():
+            logits = net(torch.from_numpy(channels)[None].to(self.network.device))
+        mask_uv = (torch.sigmoid(logits[0, 0]).cpu().numpy() > self.threshold).T.astype(np.uint8)
+
+        suffix = _suffix(path)
+        if suffix in NIFTI:
+            src = nib.load(path)
+            out = _temp_file(".nii.gz")
+            label = nib.Nifti1Image(mask_uv.reshape(src.shape), src.affine, header=src.header)
+            label.set_data_dtype(np.uint8)
+            label.header.set_slope_inter(1, 0)
+            nib.save(label, out)
+        elif suffix in PLAIN_IMAGES:
+            out = _temp_file(".png")
+            save_png(mask_uv.T, out)  # PNG rows are v
+        else:  # DICOM radiograph: NIfTI with the pixel spacing read from its header
+            out = _temp_file(".nii.gz")
+            save_nifti(mask_uv, np.asarray(image.affine), out, dtype=np.uint8, description="refined mask")
+        params = {
+            "label_names": dict(self.labels),
+            "threshold": self.threshold,
+            "foreground_pixels": int(mask_uv.sum()),
+            "weights": "bundle" if self.network.weights_path() == self.bundle_dir / WEIGHTS else "fine-tuned",
+        }
+        return out, params
+
+
+class XRayToCTInfer(BundleInferTask):
+    """Biplanar X-ray -> CT: the request image is the frontal X-ray, params ``lateral`` the lateral one's id.
+
+    Runs the bundle's preprocessing (``LoadXRayd`` + ``ConcatItemsd``), its network and its DDIM inferer, writes the
+    mean CT in HU on the bundle's cube (``cube_mm``/``volume_size`` mm voxels, RAS) and the voxelwise standard
+    deviation over the samples, and adds both to the datastore as new images (``<frontal id>_ct`` and
+    ``<frontal id>_ct_uncertainty``, or ``ct_id`` from params), so viewers open them as volumes. The response's file
+    is the CT. Params: ``num_inference_steps``, ``num_samples``, ``seed``.
+    """
+
+    name = "xray2ct"
+
+    def __init__(self, bundle_dir, datastore, device, weights):
+        super().__init__(
+            bundle_dir,
+            datastore,
+            device,
+            weights,
+            type=InferType.OTHERS,
+            labels=None,
+            dimension=2,
+            description="Reconstructs a CT (HU) from a frontal and a lateral X-ray (bundle xray2ct_cascade_diffusion)",
+            config={"lateral": "", "num_inference_steps": 0, "num_samples": 0, "seed": 0},
+        )
+
+    def run(self, request):
+        frontal = request["image"]
+        lateral = self.resolve_id(request, "lateral", "lateral X-ray")
+        for key, path in (("frontal", frontal), ("lateral", lateral)):
+            load_xray(path)  # a clear error for a corrupt or 3D file before the bundle's transforms wrap it
+        cfg = self.bundle_config
+        overrides = {"inferer#progress": False}
+        for key, hi in (("num_inference_steps", 1000), ("num_samples", 64)):
+            default = int(cfg.get(key, 1))
+            value = request.get(key) or default  # 0 (the advertised config value) means the bundle's setting
+            overrides[key] = _int_param({key: value}, key, default, 1, hi)
+        overrides["seed"] = _int_param(request, "seed", int(cfg.get("seed", 0)), 0, 2**31 - 1)
+        parser = make_parser(cfg, self.bundle_dir, overrides)
+        preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
+        inferer = parser.get_parsed_content("inferer", instantiate=True)
+        window = [float(w) for w in parser.get_parsed_content("window")]
+        cube_mm = float(parser.get_parsed_content("cube_mm"))
+
+        data = preprocessing({"frontal": frontal, "lateral": lateral})
+        xray = torch.as_tensor(data["xray"]).float()[None].to(self.network.device)
+        net = self.network.get()
+        with torch.no_grad():
+            pred = inferer(xray, net)
+        pred = pred[0, 0].float().cpu()
+        d = pred.shape[-1]
+        hu = window_to_hu(pred, window)
+        std = inferer.last_std[0, 0].float().cpu() * (window[1] - window[0]) / 2
+        affine = cube_affine(d, cube_mm)
+
+        frontal_id = request.get("image_id") or "uploaded"
+        ct_id = str(request.get("ct_id") or f"{frontal_id}_ct")
+        if "/" in ct_id or "\\" in ct_id or ct_id.startswith("."):
+            raise HTTPException(400, f"ct_id must be a plain name, got {ct_id!r}")
+        lo, hi = window
+        with tempfile.TemporaryDirectory() as tmp:
+            ct_path, unc_path = os.path.join(tmp, "ct.nii.gz"), os.path.join(tmp, "uncertainty.nii.gz")
+            save_nifti(hu.numpy(), affine, ct_path, description=f"CT HU clipped to [{lo:g},{hi:g}]")
+            save_nifti(std.numpy(), affine, unc_path, description="sample std, HU")
+            info = {
+                "generated_by": self.name,
+                "frontal": frontal_id,
+                "lateral": request["lateral"],
+                "units": "HU",
+                "window": window,
+                "num_inference_steps": overrides["num_inference_steps"],
+                "num_samples": overrides["num_samples"],
+                "seed": overrides["seed"],
+            }
+            ct_id = self.register(ct_id, ct_path, dict(info))
+            unc_id = self.register(f"{ct_id}_uncertainty", unc_path, dict(info, units="HU (standard deviation)"))
+            out = _temp_file(".nii.gz")
+            os.replace(ct_path, out)
+        params = {
+            "ct_image_id": ct_id,
+            "uncertainty_image_id": unc_id,
+            "units": "HU",
+            "window": window,
+            "clipping": f"values are clipped to [{lo:g}, {hi:g}] HU",
+            "voxel_spacing_mm": cube_mm / d,
+            "shape": [d, d, d],
+            "num_inference_steps": overrides["num_inference_steps"],
+            "num_samples": overrides["num_samples"],
+            "seed": overrides["seed"],
+        }
+        return out, params
+
+
+class CTDetailInfer(BundleInferTask):
+    """CT detail refinement: a CT in HU in, the refined CT in HU out, on the input's grid or a finer one.
+
+    The bundle interface used: ``configs/inference.json`` with ``network_def`` (a 3D network, one channel in and
+    out, in window units), optionally ``window`` (default [-200, 200] HU) and ``inferer`` (default: the network
+    applied to the whole volume), and ``models/model.pt``. A network that upsamples by whole factors gets the
+    matching finer affine over the same field of view (:func:`output_affine`). The refined CT is added to the
+    datastore as ``<image id>_refined`` (or ``refined_id`` from params).
+    """
+
+    name = "ct_refiner"
+
+    def __init__(self, bundle_dir, datastore, device, weights):
+        super().__init__(
+            bundle_dir,
+            datastore,
+            device,
+            weights,
+            type=InferType.OTHERS,
+            labels=None,
+            dimension=3,
+            description="Refines the details of a CT in HU (bundle ct_detail_refinement)",
+            config={"refined_id": ""},
+        )
+
+    def run(self, request):
+        ct = load_ct(request["image"])  # (1, X, Y, Z) HU; 2D files, non-HU data and corrupt files are refused
+        parser = make_parser(self.bundle_config, self.bundle_dir)
+        window = [float(w) for w in (parser.get_parsed_content("window") if "window" in parser else (-200, 200))]
+        inferer = parser.get_parsed_content("inferer", instantiate=True) if "inferer" in parser else None
+        x = hu_to_window(torch.as_tensor(ct).float(), window)[None].to(self.network.device)
+        net = self.network.get()
+        with torch.no_grad():
+            y = inferer(x, net) if inferer is not None else net(x)
+        y = torch.as_tensor(y).float().cpu()
+        hu = window_to_hu(y[0, 0], window).numpy()
+        affine = output_affine(np.asarray(ct.affine, dtype=np.float64), x.shape[2:], y.shape)
+
+        refined_id = str(request.get("refined_id") or f"{request.get('image_id') or 'uploaded'}_refined")
+        if "/" in refined_id or "\\" in refined_id or refined_id.startswith("."):
+            raise HTTPException(400, f"refined_id must be a plain name, got {refined_id!r}")
+        lo, hi = window
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "refined.nii.gz")
+            save_nifti(hu, affine, path, description=f"refined CT, HU clipped to [{lo:g},{hi:g}]")
+            info = {"generated_by": self.name, "source": request.get("image_id") or "uploaded", "units": "HU"}
+            refined_id = self.register(refined_id, path, info)
+            out = _temp_file(".nii.gz")
+            os.replace(path, out)
+        return out, {"refined_image_id": refined_id, "units": "HU", "window": window, "shape": list(hu.shape)}

@@ -1,0 +1,494 @@
+"""The MONAI Label app (apps/monailabel) in-process with FastAPI's TestClient and as a real server on loopback.
+
+The bundles are temporary copies of the repository's configs with tiny networks and freshly initialised weights
+saved as models/model.pt (plus a stand-in ct_detail_refinement bundle with the interface the app expects), so
+every request runs the real tasks in seconds. Data are real NIfTI files: the project's demo phantom and its DRRs,
+and a generated 2D image with a coarse probability map. Needs monailabel (apps/monailabel/requirements.txt).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("monailabel")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from monai.bundle import ConfigParser  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+APP_DIR = ROOT / "apps" / "monailabel"
+TINY_CASCADE = {
+    "volume_size": 16,
+    "xray_size": 16,
+    "token_grid": 4,
+    "channels": [8, 8, 8],
+    "hidden_size": 24,
+    "vit_depth": 1,
+    "num_heads": 2,
+    "num_inference_steps": 2,
+    "num_samples": 2,
+}
+TINY_REFINER = {"channels": [4, 8, 8, 8]}
+CT_REFINER_CONFIG = {
+    "imports": ["$import torch"],
+    "bundle_root": ".",
+    "window": [-200.0, 200.0],
+    "network_def": {
+        "_target_": "torch.nn.Conv3d",
+        "in_channels": 1,
+        "out_channels": 1,
+        "kernel_size": 3,
+        "padding": 1,
+    },
+}
+REFINER_SHAPE = (37, 29)  # (U, V); not a multiple of the U-Net's stride, so any resizing would show
+REFINER_AFFINE = np.array([[0.7, 0, 0, -12.0], [0, 0.9, 0, 5.0], [0, 0, 1, 0], [0, 0, 0, 1]])
+
+
+def _edit_json(path: Path, changes: dict) -> dict:
+    cfg = json.loads(path.read_text())
+    cfg.update(changes)
+    path.write_text(json.dumps(cfg, indent=4))
+    return cfg
+
+
+def _save_fresh_weights(bundle: Path) -> None:
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def", instantiate=True)
+    for p in net.parameters():  # a random but non-trivial network: outputs must depend on the inputs
+        torch.nn.init.normal_(p, std=0.05)
+    (bundle / "models").mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), bundle / "models" / "model.pt")
+
+
+def _tiny_bundles(dest: Path, with_weights=("mask_refiner_2d", "xray2ct_cascade_diffusion", "ct_detail_refinement")):
+    for name in ("mask_refiner_2d", "xray2ct_cascade_diffusion"):
+        shutil.copytree(ROOT / "bundles" / name / "configs", dest / name / "configs")
+    _edit_json(dest / "mask_refiner_2d" / "configs" / "inference.json", TINY_REFINER)
+    _edit_json(dest / "mask_refiner_2d" / "configs" / "train.json", TINY_REFINER)
+    _edit_json(dest / "xray2ct_cascade_diffusion" / "configs" / "inference.json", TINY_CASCADE)
+    (dest / "ct_detail_refinement" / "configs").mkdir(parents=True)
+    (dest / "ct_detail_refinement" / "configs" / "inference.json").write_text(json.dumps(CT_REFINER_CONFIG))
+    for name in with_weights:
+        _save_fresh_weights(dest / name)
+    return dest
+
+
+def _write_refiner_case(folder: Path, seed: int, control: bool = False) -> dict:
+    from custom.data.refiner import synth_case
+
+    img, mask, prob, _ = synth_case(np.random.default_rng(seed), REFINER_SHAPE[1], REFINER_SHAPE[0], control)
+    paths = {}
+    for key, arr, dtype in (("image", img * 1000, np.float32), ("final", mask, np.uint8), ("coarse", prob, np.float32)):
+        path = folder / f"{key}_{seed}.nii.gz"
+        nib.save(nib.Nifti1Image(arr.T.astype(dtype), REFINER_AFFINE), str(path))  # rows/cols -> (U, V)
+        paths[key] = path
+    return paths
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Tiny bundles with weights, the demo phantom (CT + two DRRs) and three refiner images."""
+    tmp = tmp_path_factory.mktemp("monailabel")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    demo = subprocess.run(
+        [sys.executable, "-m", "custom", "demo", "--out_dir", str(tmp / "demo"), "--count", "1", "--size", "16"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert demo.returncode == 0, demo.stderr
+    case = next((tmp / "demo").glob("phantom_*"))
+    (tmp / "refiner").mkdir()
+    return {
+        "tmp": tmp,
+        "bundles": _tiny_bundles(tmp / "bundles"),
+        "ct": case / "ct.nii.gz",
+        "frontal": case / "frontal.nii.gz",
+        "lateral": case / "lateral.nii.gz",
+        "refiner": [_write_refiner_case(tmp / "refiner", s, control=(s == 2)) for s in range(3)],
+    }
+
+
+def _put_image(client, image_id, path):
+    with open(path, "rb") as f:
+        r = client.put(f"/datastore/image?image={image_id}", files={"file": (Path(path).name, f)})
+    assert r.status_code == 200, r.text
+
+
+def _put_label(client, image_id, tag, path):
+    with open(path, "rb") as f:
+        r = client.put(f"/datastore/label?image={image_id}&tag={tag}", files={"label": (Path(path).name, f)})
+    assert r.status_code == 200, r.text
+
+
+def _infer(client, model, image="", params=None, file=None, label=None):
+    files = {}
+    for key, path in (("file", file), ("label", label)):
+        if path is not None:
+            files[key] = (Path(path).name, open(path, "rb").read())
+    return client.post(
+        f"/infer/{model}?image={image}&output=image", data={"params": json.dumps(params or {})}, files=files or None
+    )
+
+
+def _nifti(content: bytes) -> nib.Nifti1Image:
+    img = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(content))
+    return img
+
+
+@pytest.fixture(scope="module")
+def client(data):
+    """The app in-process: MONAI Label's FastAPI app driven by TestClient over a fresh studies folder."""
+    from monailabel.config import settings
+    from monailabel.interfaces.utils.app import clear_cache
+
+    studies = data["tmp"] / "studies_inprocess"
+    settings.MONAI_LABEL_APP_DIR = str(APP_DIR)
+    settings.MONAI_LABEL_STUDIES = str(studies)
+    settings.MONAI_LABEL_APP_CONF = {"bundles": str(data["bundles"]), "model_dir": str(data["tmp"] / "model_inproc")}
+    settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD = False
+    settings.MONAI_LABEL_SESSION_PATH = str(data["tmp"] / "sessions")
+    clear_cache()
+    from monailabel.app import app
+
+    with TestClient(app) as c:
+        _put_image(c, "frontal", data["frontal"])
+        _put_image(c, "lateral", data["lateral"])
+        _put_image(c, "chest", data["ct"])
+        for k, case in enumerate(data["refiner"]):
+            _put_image(c, f"slice{k}", case["image"])
+            _put_label(c, f"slice{k}", "coarse", case["coarse"])
+        yield c
+    clear_cache()
+
+
+def test_info_lists_the_three_models_with_types_dimensions_and_labels(client):
+    info = client.get("/info/").json()
+    models = info["models"]
+    assert set(models) == {"mask_refiner", "xray2ct", "ct_refiner"}
+    assert (models["mask_refiner"]["type"], models["mask_refiner"]["dimension"]) == ("segmentation", 2)
+    assert models["mask_refiner"]["labels"] == {"lesion": 1}
+    assert (models["xray2ct"]["type"], models["xray2ct"]["dimension"]) == ("others", 2)
+    assert (models["ct_refiner"]["type"], models["ct_refiner"]["dimension"]) == ("others", 3)
+    assert models["xray2ct"]["labels"] == [] and models["ct_refiner"]["labels"] == []
+    assert set(info["trainers"]) == {"mask_refiner"}
+    assert info["labels"] == ["lesion"]
+
+
+def test_mask_refiner_keeps_the_image_grid_with_uploaded_or_stored_probabilities(client, data):
+    case = data["refiner"][0]
+    stored = _infer(client, "mask_refiner", "slice0")
+    assert stored.status_code == 200, stored.text
+    uploaded = _infer(client, "mask_refiner", file=case["image"], label=case["coarse"])
+    assert uploaded.status_code == 200, uploaded.text
+    for response in (stored, uploaded):
+        label = _nifti(response.content)
+        assert label.shape == REFINER_SHAPE
+        assert label.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(label.affine, REFINER_AFFINE)
+        values = np.asarray(label.dataobj)
+        assert set(np.unique(values)) <= {0, 1} and values.any()
+    assert np.array_equal(np.asarray(_nifti(stored.content).dataobj), np.asarray(_nifti(uploaded.content).dataobj))
+    # the refinement is the network's: it follows the coarse map, whose 0.5 level set is close to it
+    coarse = np.asarray(nib.load(case["coarse"]).dataobj) > 0.5
+    refined = np.asarray(_nifti(stored.content).dataobj) > 0
+    assert (coarse & refined).sum() * 2 / (coarse.sum() + refined.sum()) > 0.5
+
+
+def test_mask_refiner_on_a_png_with_the_bundles_npy_probabilities_returns_a_png_of_the_same_size(client, data):
+    from PIL import Image
+
+    from custom.data.refiner import synth_case
+
+    img, _, prob, _ = synth_case(np.random.default_rng(5), 23, 31, False)  # 23 rows, 31 columns
+    png, npy = data["tmp"] / "slice.png", data["tmp"] / "slice_probabilities.npy"
+    Image.fromarray((img * 65535).astype(np.uint16)).save(png)
+    np.save(npy, np.stack([1 - prob, prob]))  # the bundle's (2, rows, cols) softmax
+    r = _infer(client, "mask_refiner", file=png, label=npy)
+    assert r.status_code == 200, r.text
+    with Image.open(io.BytesIO(r.content)) as out:
+        mask = np.asarray(out)
+    assert mask.shape == (23, 31) and set(np.unique(mask)) <= {0, 1}
+    assert ((mask > 0) & (prob > 0.5)).sum() * 2 / ((mask > 0).sum() + (prob > 0.5).sum()) > 0.5
+
+
+def test_xray2ct_writes_a_ct_in_hu_on_the_bundle_cube_and_registers_it(client):
+    r = _infer(client, "xray2ct", "frontal", {"lateral": "lateral", "ct_id": "recon"})
+    assert r.status_code == 200, r.text
+    ct = _nifti(r.content)
+    assert ct.shape == (16, 16, 16) and ct.get_data_dtype() == np.float32
+    from custom.data.transforms import cube_affine
+
+    np.testing.assert_allclose(ct.affine, cube_affine(16, 320.0), atol=1e-4)
+    np.testing.assert_allclose(ct.header.get_zooms(), (20.0, 20.0, 20.0))
+    hu = np.asarray(ct.dataobj)
+    assert hu.min() >= -200 and hu.max() <= 200 and hu.std() > 0
+    store = client.get("/datastore/?output=all").json()["objects"]
+    assert {"recon", "recon_uncertainty"} <= set(store)
+    assert store["recon"]["image"]["info"]["lateral"] == "lateral"
+    stored = client.get("/datastore/image?image=recon")
+    assert stored.status_code == 200 and np.array_equal(np.asarray(_nifti(stored.content).dataobj), hu)
+    unc = _nifti(client.get("/datastore/image?image=recon_uncertainty").content)
+    assert unc.shape == (16, 16, 16) and np.asarray(unc.dataobj).min() >= 0 and np.asarray(unc.dataobj).max() > 0
+
+
+def test_ct_refiner_returns_hu_on_the_input_grid_and_registers_it(client, data):
+    r = _infer(client, "ct_refiner", "chest")
+    assert r.status_code == 200, r.text
+    out, src = _nifti(r.content), nib.load(data["ct"])
+    assert out.shape == src.shape and out.get_data_dtype() == np.float32
+    np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
+    hu = np.asarray(out.dataobj)
+    assert hu.min() >= -200 and hu.max() <= 200 and hu.std() > 0
+    assert "chest_refined" in client.get("/datastore/?output=all").json()["objects"]
+
+
+@pytest.mark.parametrize(
+    "model, image, params, upload, status, words",
+    [
+        ("xray2ct", "frontal", {}, None, 400, "lateral"),
+        ("xray2ct", "frontal", {"lateral": "nope"}, None, 404, "nope"),
+        ("xray2ct", "chest", {"lateral": "lateral"}, None, 422, "2D"),
+        ("xray2ct", "frontal", {"lateral": "lateral", "num_inference_steps": "many"}, None, 400, "integer"),
+        ("mask_refiner", "chest", {}, None, 422, "2D"),
+        ("mask_refiner", "frontal", {}, None, 400, "coarse"),
+        ("ct_refiner", "frontal", {}, None, 422, "CT"),
+        ("segment_everything", "frontal", {}, None, 404, "segment_everything"),
+        ("mask_refiner", "missing_id", {}, None, 404, "missing_id"),
+        ("xray2ct", "", {"lateral": "lateral"}, "corrupt", 422, "uploaded image"),
+    ],
+)
+def test_bad_requests_get_a_4xx_that_says_what_is_wrong(client, data, model, image, params, upload, status, words):
+    file = None
+    if upload == "corrupt":
+        file = data["tmp"] / "corrupt.nii.gz"
+        file.write_bytes(b"\x1f\x8b this is not a NIfTI file" * 10)
+    r = _infer(client, model, image, params, file=file)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert words in detail
+    assert str(data["tmp"]) not in detail and "/tmp" not in detail  # no server paths in messages
+    assert client.get("/info/").status_code == 200  # still serving
+
+
+def test_training_from_datastore_labels_publishes_weights_the_infer_task_uses(client, data):
+    before = _infer(client, "mask_refiner", "slice1")
+    assert before.status_code == 200 and before.headers
+    for k, case in enumerate(data["refiner"]):
+        _put_label(client, f"slice{k}", "final", case["final"])
+    r = client.post("/train/mask_refiner?run_sync=true", json={"max_epochs": 1, "batch_size": 2})
+    assert r.status_code == 200, r.text
+    stats = r.json()
+    assert stats["images"] == 3 and stats["train"] == 2 and stats["val"] == 1 and stats["epochs"] == 1
+    assert 0 <= stats["best_val_dice"] <= 1
+    published = data["tmp"] / "model_inproc" / "mask_refiner_2d" / "model.pt"
+    assert published.is_file()
+    state = torch.load(published, weights_only=True)
+    bundle_state = torch.load(data["bundles"] / "mask_refiner_2d" / "models" / "model.pt", weights_only=True)
+    assert any(not torch.equal(state[k], bundle_state[k]) for k in bundle_state)  # it trained
+    after = client.post("/infer/mask_refiner?image=slice1&output=json", data={"params": "{}"})
+    assert after.status_code == 200 and after.json()["weights"] == "fine-tuned"
+    assert client.post("/train/nothing?run_sync=true", json={}).status_code == 404
+
+
+def test_incomplete_bundles_are_left_out_and_start_up_touches_no_network(data, tmp_path, caplog, monkeypatch):
+    """No weights (the cascade until it is trained) or no folder (ct_detail_refinement until it lands): not listed."""
+    from monailabel.interfaces.utils.app import app_instance, clear_cache
+
+    bundles = _tiny_bundles(tmp_path / "bundles", with_weights=("mask_refiner_2d",))
+    shutil.rmtree(bundles / "ct_detail_refinement")
+
+    def no_network(sock, address):
+        raise AssertionError(f"the app tried to connect to {address} at start-up")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    clear_cache()
+    with caplog.at_level(logging.WARNING):
+        app = app_instance(str(APP_DIR), str(tmp_path / "studies"), {"bundles": str(bundles)})
+    clear_cache()
+    assert set(app.info()["models"]) == {"mask_refiner"}
+    log = caplog.text
+    assert "'xray2ct' is not served" in log and "no trained weights" in log
+    assert "'ct_refiner' is not served" in log and "does not exist" in log
+
+
+def test_an_upsampling_ct_refiner_gets_a_finer_affine_over_the_same_field_of_view(data, tmp_path):
+    """The colleague's bundle may upsample (super-resolution): the result must cover the input's field of view."""
+    sys.path.insert(0, str(APP_DIR))
+    try:
+        from lib.infers import CTDetailInfer, output_affine
+    finally:
+        sys.path.remove(str(APP_DIR))
+    from monailabel.datastore.local import LocalDatastore
+
+    bundle = tmp_path / "ct_detail_refinement"
+    (bundle / "configs").mkdir(parents=True)
+    config = dict(
+        CT_REFINER_CONFIG,
+        network_def={
+            "_target_": "torch.nn.ConvTranspose3d",
+            "in_channels": 1,
+            "out_channels": 1,
+            "kernel_size": 2,
+            "stride": 2,
+        },
+    )
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    _save_fresh_weights(bundle)
+    store = LocalDatastore(str(tmp_path / "studies"), extensions=["*.nii.gz"])
+    task = CTDetailInfer(bundle, store, "cpu", [bundle / "models" / "model.pt"])
+    path, params = task({"image": str(data["ct"]), "refined_id": "fine"})
+    out, src = nib.load(path), nib.load(data["ct"])
+    assert out.shape == tuple(2 * s for s in src.shape) and params["shape"] == list(out.shape)
+    np.testing.assert_allclose(out.header.get_zooms(), np.array(src.header.get_zooms()) / 2, rtol=1e-5)
+    for corner_in, corner_out in (([-0.5] * 3, [-0.5] * 3), (np.array(src.shape) - 0.5, np.array(out.shape) - 0.5)):
+        np.testing.assert_allclose(
+            out.affine @ np.append(corner_out, 1), src.affine @ np.append(corner_in, 1), atol=1e-4
+        )
+    assert store.get_image_uri("fine")
+    with pytest.raises(RuntimeError, match="whole-number"):
+        output_affine(np.eye(4), (16, 16, 16), (1, 1, 24, 24, 24))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(data):
+    """``monailabel start_server`` in a subprocess on a free loopback port; stopped by its PID afterwards."""
+    port = _free_port()
+    studies = data["tmp"] / "studies_server"
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",
+        MONAI_LABEL_SESSION_PATH=str(data["tmp"] / "sessions_server"),
+    )
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", str(studies)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--conf", "bundles", str(data["bundles"])]
+    cmd += ["--conf", "model_dir", str(data["tmp"] / "model_server")]
+    log = open(data["tmp"] / "server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data["tmp"])
+    url = f"http://127.0.0.1:{port}"
+    import requests
+
+    try:
+        deadline = time.time() + 90
+        while True:
+            assert proc.poll() is None, (data["tmp"] / "server.log").read_text()[-3000:]
+            try:
+                if requests.get(f"{url}/info/", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.time() < deadline, "the server did not answer within 90 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_real_server_through_the_monailabel_client(server, data, tmp_path):
+    from monailabel.client import MONAILabelClient
+    from monailabel.client.client import MONAILabelClientException
+
+    client = MONAILabelClient(server, tmpdir=str(tmp_path))
+    info = client.info()
+    assert set(info["models"]) == {"mask_refiner", "xray2ct", "ct_refiner"}
+    assert info["models"]["mask_refiner"]["type"] == "segmentation"
+    client.upload_image(str(data["frontal"]), "frontal")
+    client.upload_image(str(data["lateral"]), "lateral")
+    case = data["refiner"][1]
+    client.upload_image(str(case["image"]), "slice")
+
+    mask_file, params = client.infer("mask_refiner", "slice", {}, label_in=str(case["coarse"]))
+    mask = nib.load(mask_file)
+    assert mask.shape == REFINER_SHAPE and mask.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(mask.affine, REFINER_AFFINE)
+    assert params["foreground_pixels"] == int(np.asarray(mask.dataobj).sum())
+
+    ct_file, params = client.infer("xray2ct", "frontal", {"lateral": "lateral"})
+    ct = nib.load(ct_file)
+    assert ct.shape == (16, 16, 16) and ct.get_data_dtype() == np.float32
+    np.testing.assert_allclose(ct.header.get_zooms(), (20.0, 20.0, 20.0))
+    assert params["ct_image_id"] == "frontal_ct"
+    assert {"frontal_ct", "frontal_ct_uncertainty"} <= set(client.datastore()["objects"])
+
+    with pytest.raises(MONAILabelClientException) as e:
+        client.infer("xray2ct", "frontal", {})
+    assert "Status: 400" in e.value.msg and "lateral" in e.value.msg
+    assert client.info()["name"] == "X-ray to CT bundles"  # still serving
+
+
+def test_real_server_trains_in_the_background_from_saved_labels(server, data, tmp_path):
+    """POST /train runs MONAI Label's background task (a separate process) on the labels saved in the datastore."""
+    from monailabel.client import MONAILabelClient
+
+    client = MONAILabelClient(server, tmpdir=str(tmp_path))
+    for k, case in enumerate(data["refiner"]):
+        client.upload_image(str(case["image"]), f"train{k}")
+        client.save_label(f"train{k}", str(case["final"]), tag="final")
+        client.save_label(f"train{k}", str(case["coarse"]), tag="coarse")
+    client.train_start("mask_refiner", {"max_epochs": 1, "batch_size": 2})
+    deadline = time.time() + 120
+    while True:
+        status = client.train_status()
+        if status.get("status") in ("DONE", "ERROR"):
+            break
+        assert time.time() < deadline, status
+        time.sleep(1)
+    assert status["status"] == "DONE", status
+    assert (data["tmp"] / "model_server" / "mask_refiner_2d" / "model.pt").is_file()
+    _, params = client.infer("mask_refiner", "train0", {"coarse_tag": "coarse"})
+    assert params["weights"] == "fine-tuned"
+
+
+def test_real_server_bad_requests_over_http(server, data):
+    import requests
+
+    r = requests.post(f"{server}/infer/unknown?image=x", data={"params": "{}"}, timeout=30)
+    assert r.status_code == 404 and "unknown" in r.json()["detail"]
+    with open(data["ct"], "rb") as f:
+        r = requests.post(
+            f"{server}/infer/xray2ct",
+            data={"params": json.dumps({"lateral": "lateral"})},
+            files={"file": ("chest.nii.gz", f)},
+            timeout=60,
+        )
+    assert r.status_code == 422 and "2D" in r.json()["detail"], r.text
+    r = requests.post(
+        f"{server}/infer/mask_refiner",
+        data={"params": "{}"},
+        files={"file": ("x.png", io.BytesIO(b"\x89PNG truncated")), "label": ("p.png", io.BytesIO(b"junk"))},
+        timeout=30,
+    )
+    assert r.status_code == 422 and "uploaded image" in r.json()["detail"], r.text
+    assert requests.get(f"{server}/info/", timeout=10).status_code == 200
