@@ -445,6 +445,23 @@ class Commands:
         summary = evaluate_refiner(net, data_dir, split, _need_dir(out_dir))
         print(json.dumps(summary, indent=1))
 
+    def export_bundle(self, bundle: str, out_dir: str = "dist"):
+        """Write OUT_DIR/NAME_v<version>.zip: the bundle folder plus the project code it needs, runnable anywhere.
+
+        Unzip it, install the packages its configs/metadata.json lists, then
+        ``python -m monai.bundle run --config_file NAME/configs/inference.json --bundle_root NAME ...``.
+        The zip is reproducible (fixed timestamps, sorted entries): the same tree gives the same bytes.
+
+        Args:
+            bundle: a bundle folder, e.g. bundles/mask_refiner_2d.
+            out_dir: where to write the zip.
+        """
+        from ..bundle import export_bundle
+
+        path = export_bundle(bundle, _need_dir(out_dir))
+        print(path)
+        return None
+
     def demo(self, out_dir: str = "outputs/demo", count: int = 3, size: int = 128, seed: int = 100000):
         """The embedded default job: synthesize chest phantoms, render their X-rays, write NIfTI and PNG.
 

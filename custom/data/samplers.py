@@ -20,12 +20,22 @@ class HardExampleBatchSampler(torch.utils.data.Sampler):
     Args:
         hardness: class of each dataset item, ``"hard"``, ``"control"`` or anything else (ordinary).
         batch_pattern: images per class in a batch.
-        num_batches: batches per epoch (default: enough to see each image once on average).
+        num_batches: batches per epoch over all processes (default: enough to see each image once on average).
         seed: base seed.
+        num_replicas, rank: for distributed training (default: read from ``torch.distributed`` when it is
+            initialised). Every process draws the same epoch of batches and keeps every ``num_replicas``-th one
+            from ``rank`` on, so processes never train on the same batch and all run the same number of steps
+            (the epoch is rounded up to a multiple of ``num_replicas``).
     """
 
     def __init__(
-        self, hardness: Sequence[str], batch_pattern: dict | None = None, num_batches: int | None = None, seed: int = 0
+        self,
+        hardness: Sequence[str],
+        batch_pattern: dict | None = None,
+        num_batches: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ):
         self.pattern = dict(batch_pattern or BATCH_PATTERN)
         unknown = set(self.pattern) - {"hard", "control", "random"}
@@ -42,22 +52,30 @@ class HardExampleBatchSampler(torch.utils.data.Sampler):
         self.batch_size = sum(self.pattern.values())
         self.num_batches = num_batches or max(1, int(np.ceil(len(hardness) / self.batch_size)))
         self.seed, self.epoch = int(seed), 0
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.num_replicas = int(
+            num_replicas if num_replicas is not None else (dist and torch.distributed.get_world_size()) or 1
+        )
+        self.rank = int(rank if rank is not None else (dist and torch.distributed.get_rank()) or 0)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank must be in [0, {self.num_replicas}), got {self.rank}")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.num_batches
+        return -(-self.num_batches // self.num_replicas)
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng(self.seed + 1000003 * self.epoch)
         self.epoch += 1
-        for _ in range(self.num_batches):
+        for i in range(len(self) * self.num_replicas):
             batch = []
             for name, n in self.pattern.items():
                 pool = self.pools[name]
                 batch += rng.choice(pool, size=n, replace=n > len(pool)).tolist()
-            yield batch
+            if i % self.num_replicas == self.rank:
+                yield batch
 
 
 def scale_pattern(batch_size: int, pattern: dict | None = None) -> dict:

@@ -112,6 +112,9 @@ class CascadeDenoiser(nn.Module):
         hidden_size, vit_depth, num_heads: the ViT.
         geometry, views, cube_mm: the X-ray geometry used by the depth lifting.
         gradient_checkpointing: recompute activations in the backward pass to save memory.
+        channels_last: keep 3D convolution weights and activations in NDHWC layout. On CPU, oneDNN's backward pass
+            of 3D convolutions with few channels is 5-18x faster in this layout (measured: 8->8 channels at 4 x 64^3,
+            4.8 s NCDHW vs 0.47 s NDHWC); it is also the layout cuDNN prefers under AMP.
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class CascadeDenoiser(nn.Module):
         views: Sequence[str] = ("frontal", "lateral"),
         cube_mm: float = 320.0,
         gradient_checkpointing: bool = False,
+        channels_last: bool = True,
     ):
         super().__init__()
         if volume_size % 4:
@@ -169,6 +173,10 @@ class CascadeDenoiser(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(8 if c0 % 8 == 0 else 1, c0), nn.SiLU(), nn.Conv3d(c0, 1, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        for p in self.parameters():
+            if p.dim() == 5:
+                p.data = p.data.contiguous(memory_format=self.memory_format)
 
     def _run(self, fn, *args):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -192,7 +200,8 @@ class CascadeDenoiser(nn.Module):
         parts = [x_t, lifted] + ([prev] if self.use_prev else [])
         if self.in_pad:
             parts.append(x_t.new_zeros((x_t.shape[0], self.in_pad) + x_t.shape[2:]))
-        h0 = self._run(self.enc0, self.stem(torch.cat(parts, dim=1)), emb)
+        h0 = torch.cat(parts, dim=1).contiguous(memory_format=self.memory_format)
+        h0 = self._run(self.enc0, self.stem(h0), emb)
         h1 = self._run(self.enc1, self.down1(h0), emb)
         h2 = self._run(self.enc2, self.down2(h1), emb)
         h = h2
@@ -210,4 +219,4 @@ class CascadeDenoiser(nn.Module):
         h = self._run(self.dec1, torch.cat([h, h1], dim=1), emb)
         h = F.interpolate(h, size=h0.shape[-3:], mode="trilinear", align_corners=False)
         h = self._run(self.dec0, torch.cat([h, h0], dim=1), emb)
-        return self.out(h)
+        return self.out(h).contiguous()

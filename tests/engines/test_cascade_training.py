@@ -1,6 +1,7 @@
 """Cascade training: the trainer's losses and NaN guard, and the bundle's train.json run for real at tiny sizes."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -264,6 +265,9 @@ def test_multi_gpu_config_runs_two_processes_on_cpu(trained):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp / "ddp" / "model.pt").is_file()
+    # logging and checkpoints on rank 0 only: one line per iteration, not two
+    log = proc.stdout + proc.stderr
+    assert len(re.findall(r"Epoch: 1/1, Iter: 1/\d+ -- train_loss", log)) == 1, "both ranks logged"
 
 
 def test_resume_continues_from_the_last_checkpoint(trained):
