@@ -79,3 +79,66 @@ class AtomicCheckpointSaver:
             if ckpt is not None:
                 ckpt.save_handler._atomic = True
         return saver
+
+
+class RNGState:
+    """The random generators of a training process, as a checkpointable object (``state_dict``/``load_state_dict``).
+
+    Put it in a checkpoint's ``save_dict`` so that a resumed run draws the same noise, timesteps, augmentations and
+    shuffles as an uninterrupted one would: Python's ``random``, NumPy's global generator, torch's CPU generator and
+    every CUDA device's. The state holds tensors and plain containers only, so ``torch.load(weights_only=True)``
+    reads it.
+    """
+
+    def state_dict(self) -> dict:
+        import random
+
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        version, internal, gauss = random.getstate()
+        state = {
+            "python": {"version": version, "internal": list(internal), "gauss": gauss},
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos)},
+            "numpy_gauss": {"has_gauss": int(has_gauss), "cached": float(cached)},
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        import random
+
+        import numpy as np
+
+        py = state["python"]
+        random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+        npy, gauss = state["numpy"], state["numpy_gauss"]
+        keys = npy["keys"].numpy().astype(np.uint32)
+        np.random.set_state((npy["kind"], keys, npy["pos"], gauss["has_gauss"], gauss["cached"]))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EMAWarmupState:
+    """Checkpointable position of an ignite ``EMAHandler``'s momentum warm-up.
+
+    ignite keeps the warm-up's iteration count inside the handler's ``momentum_scheduler``, which is not part of
+    the trainer's state: without this, a resumed run starts the warm-up again and its EMA weights drift from an
+    uninterrupted run's. (The scheduler's own ``state_dict`` holds a Python object, which
+    ``torch.load(weights_only=True)`` refuses.)
+    """
+
+    def __init__(self, ema):
+        self.ema = ema
+
+    def state_dict(self) -> dict:
+        scheduler = getattr(self.ema, "momentum_scheduler", None)
+        return {"event_index": int(scheduler.event_index) if scheduler is not None else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        scheduler = getattr(self.ema, "momentum_scheduler", None)
+        if scheduler is not None:
+            scheduler.event_index = int(state["event_index"])

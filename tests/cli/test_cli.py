@@ -51,7 +51,7 @@ def files(tmp_path_factory):
             ["SOURCE", "OUT_DIR", "--detector_size", "--geometry", "--num_workers", "--shard", "--merge", "--split"],
         ),
         ("drr", ["CT_PATH", "OUT_DIR", "--geometry", "--size", "--mu_water", "--series_uid"]),
-        ("demo", ["--out_dir", "--count", "--size", "--seed"]),
+        ("demo", ["--out_dir", "--count", "--real", "--steps", "--num_samples", "--seed"]),
     ],
 )
 def test_help_of_each_command(command, mentions):
@@ -144,7 +144,8 @@ BAD_INPUTS = {
     "phantoms count 0": (["phantoms", "{o}", "--count", "0"], ["count must be >= 1"]),
     "sample-data bad wheel": (["sample-data", "{o}", "--wheel", "{d}/a_file"], ["not a valid wheel"]),
     "negative mu_water": (["drr", "{d}/phantom.nii.gz", "{o}", "--mu_water", "-1"], ["--mu_water must be positive"]),
-    "demo size too small": (["demo", "--out_dir", "{o}", "--size", "4"], ["--size must be >= 8"]),
+    "demo negative count": (["demo", "--out_dir", "{o}", "--count", "-1"], ["need --count >= 0"]),
+    "demo bundle without weights": (["demo", "--out_dir", "{o}", "--bundle", "{d}"], ["no trained weights"]),
     "evaluate missing datalist": (
         ["evaluate-xray2ct", "{d}/nope.json", "{o}", "{d}/nope.pt"],
         ["nope.json: no such datalist"],
@@ -199,27 +200,30 @@ def test_prepare_with_every_case_failing(tmp_path):
 # ----------------------------------------------------------------------------------------------- demo, phantoms
 
 
-def test_demo_writes_cases_and_overview(tmp_path):
+def test_demo_reconstructs_held_out_phantoms_with_the_shipped_weights(tmp_path):
+    """The README's main command, at 2 DDIM steps and one phantom: CT, uncertainty, PNGs and metrics are written."""
+    import json
+
     out = tmp_path / "demo"
-    proc = run_cli("demo", "--count", "1", "--size", "32", out)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("demo", "--out_dir", out, "--count", 1, "--real", "False", "--steps", 2, "--num_samples", 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     case = out / "phantom_100000"
-    assert sorted(p.name for p in out.iterdir()) == ["overview.png", "phantom_100000"]
-    assert sorted(p.name for p in case.iterdir()) == ["ct.nii.gz", "drr.png", "frontal.nii.gz", "lateral.nii.gz"]
+    for name in ("ct.nii.gz", "uncertainty.nii.gz", "comparison.png", "ct.json"):
+        assert (case / name).is_file(), name
     ct = nib.load(str(case / "ct.nii.gz"))
-    assert ct.shape == (32, 32, 32) and ct.get_data_dtype() == np.int16
-    np.testing.assert_allclose(ct.affine, phantom_affine(32))
+    assert ct.shape == (64, 64, 64) and ct.get_data_dtype() == np.float32
+    np.testing.assert_allclose(ct.affine, phantom_affine(64), atol=1e-4)  # same cube as the truth: they overlay
     hu = np.asarray(ct.dataobj)
-    assert hu.min() < -900 and hu.max() > 300
-    geo = get_geometry("x2ctgan", 32)
-    for view in ("frontal", "lateral"):
-        img = nib.load(str(case / f"{view}.nii.gz"))
-        assert img.shape == (32, 32)
-        np.testing.assert_allclose(img.header.get_zooms(), [geo.detector_spacing] * 2, rtol=1e-6)
-        assert np.asarray(img.dataobj).min() >= 0
+    assert -200 <= hu.min() < hu.max() <= 200 and hu.std() > 20
+    unc = np.asarray(nib.load(str(case / "uncertainty.nii.gz")).dataobj)
+    assert unc.shape == hu.shape and unc.min() >= 0 and unc.max() > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == 1 and "data range 400" in summary["convention"]
+    assert 5 < summary["model"]["psnr_hu"] < 60 and 0 < summary["model"]["ssim"] <= 1
+    assert (out / "metrics.csv").read_text().count("phantom_100000") == 1
     overview = np.asarray(Image.open(out / "overview.png"))
-    assert overview.ndim == 2 and overview.shape[0] == 256 and overview.std() > 10
-    assert "overview" in proc.stdout
+    assert overview.ndim == 2 and overview.shape[1] > 4 * overview.shape[0] and overview.std() > 10
+    assert "PSNR" in proc.stdout and "convention" in proc.stdout
 
 
 def test_phantoms_command_writes_and_resumes(tmp_path):

@@ -279,6 +279,41 @@ def test_resume_continues_from_the_last_checkpoint(trained):
     assert "Epoch: 3/3" in log and "Epoch: 1/3" not in log  # epochs 1-2 are not trained again
 
 
+def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(trained):
+    """Model, optimizer, scheduler, EMA and the RNG state are all restored: 1 epoch + resume == 2 epochs, bit for bit."""
+    tmp, _ = trained
+
+    def run(out, max_epochs, resume):
+        proc = _bundle_run(
+            ["train.json"],
+            tmp,
+            "--dataset_dir",
+            tmp / "prep",
+            "--output_dir",
+            tmp / out,
+            "--max_epochs",
+            max_epochs,
+            "--val_interval",
+            5,
+            "--batch_size",
+            2,
+            "--warmup_epochs",
+            1,
+            "--resume",
+            str(resume),
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run("straight", 2, False)
+    run("interrupted", 1, False)
+    run("interrupted", 2, True)
+    final = [torch.load(tmp / o / "checkpoint_final.pt", weights_only=True) for o in ("straight", "interrupted")]
+    assert set(final[0]["rng"]) >= {"python", "numpy", "torch"}
+    for part in ("model", "ema"):
+        for key, value in final[0][part].items():
+            torch.testing.assert_close(final[1][part][key], value, rtol=0, atol=0, msg=f"{part}.{key} differs")
+
+
 def test_training_survives_sigkill_and_resumes_to_the_same_epoch_count(trained):
     """A real run killed with SIGKILL mid-training continues from its last checkpoint with --resume True."""
     import os
