@@ -280,7 +280,7 @@ def test_resume_continues_from_the_last_checkpoint(trained):
 
 
 def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(trained):
-    """Model, optimizer, scheduler, EMA and the RNG state are all restored: 1 epoch + resume == 2 epochs, bit for bit."""
+    """Model, optimizer, scheduler, EMA and RNG state are restored: 1 epoch + resume equals 2 epochs, bit for bit."""
     tmp, _ = trained
 
     def run(out, max_epochs, resume):
