@@ -272,3 +272,64 @@ def test_match_drr_range_rejects_constant_and_empty_images():
         match_drr_range(torch.full((32, 32), 7.0))
     with pytest.raises(InputError, match="no usable pixels"):
         match_drr_range(torch.zeros(32, 32), field_threshold=0.5)
+
+
+# ---------------------------------------------------------------------------------------------- view pairs
+
+
+def _phantom_views(seed=3, size=32, crop_lower_half=False):
+    """Frontal and lateral DRRs (network units) of a phantom, rendered with the project's physics."""
+    from custom.data.phantom import chest_phantom, phantom_affine
+    from custom.data.xray import line_integral_to_input
+    from custom.physics import DRRProjector, get_geometry, hu_to_mu
+
+    hu = chest_phantom(seed, size)
+    if crop_lower_half:
+        hu[..., : size // 2] = -1000.0  # half the body removed: a different, smaller "patient"
+    geo = get_geometry("x2ctgan", size)
+    spacing = tuple(float(s) for s in np.abs(np.diag(phantom_affine(size))[:3]))
+    drr = line_integral_to_input(DRRProjector(geo)(hu_to_mu(hu)[None, None], spacing))[0]
+    return drr[0], drr[1]
+
+
+def _write_pair(tmp_path, frontal, lateral):
+    from custom.data.xray import save_xray
+    from custom.physics import get_geometry
+
+    paths = {}
+    for key, img in (("frontal", frontal), ("lateral", lateral)):
+        paths[key] = tmp_path / f"{key}.nii.gz"
+        save_xray(img * 8.0, get_geometry("x2ctgan", 32), paths[key])  # back to line integrals
+    return paths
+
+
+def test_a_real_view_pair_passes_the_checks(tmp_path):
+    from custom.data.xray import LoadXRayd
+
+    frontal, lateral = _phantom_views()
+    paths = _write_pair(tmp_path, frontal, lateral)
+    out = LoadXRayd(["frontal", "lateral"], size=32)({k: str(v) for k, v in paths.items()})
+    assert out["frontal"].shape == (1, 32, 32)
+
+
+def test_swapped_views_are_refused_with_a_clear_error(tmp_path):
+    from custom.data.xray import LoadXRayd, check_view_pair
+
+    frontal, lateral = _phantom_views()
+    with pytest.raises(InputError, match="look swapped"):
+        check_view_pair(lateral, frontal)
+    paths = _write_pair(tmp_path, lateral, frontal)
+    with pytest.raises(InputError, match="swap the two files"):
+        LoadXRayd(["frontal", "lateral"], size=32)({k: str(v) for k, v in paths.items()})
+    # an explicit opt-out for unusual acquisitions
+    LoadXRayd(["frontal", "lateral"], size=32, check_views=False)({k: str(v) for k, v in paths.items()})
+
+
+def test_views_of_two_different_bodies_are_refused():
+    from custom.data.xray import check_view_pair
+
+    frontal, _ = _phantom_views()
+    _, other_lateral = _phantom_views(crop_lower_half=True)
+    with pytest.raises(InputError, match="do not show the same body"):
+        check_view_pair(frontal, other_lateral)
+    check_view_pair(frontal, other_lateral, line_integrals=False)  # radiographs: only the swap test applies
