@@ -1,0 +1,45 @@
+"""The memory estimate of a cascade training step, and the check that stops an oversized CPU run up front."""
+
+import pytest
+import torch
+
+from custom.engines.diffusion import CascadeDiffusionTrainer, DRRConsistencyLoss
+from custom.engines.memory import MemoryCheck, available_bytes, estimate_step_bytes
+from custom.errors import InputError
+from custom.networks import CascadeDenoiser
+
+
+def _trainer():
+    net = CascadeDenoiser(16, 4, False, (8, 8, 8), 8, 16, 24, 1, 2)
+    return CascadeDiffusionTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=[None],
+        network=net,
+        optimizer=torch.optim.AdamW(net.parameters(), 1e-3),
+        loss_weights={"physics": 0.0},
+        physics_loss=DRRConsistencyLoss("parallel"),
+        ssim_win_size=3,
+    )
+
+
+def test_estimate_scales_with_batch_and_volume_and_errs_on_the_safe_side():
+    tr = _trainer()
+    params = sum(p.numel() * p.element_size() for p in tr.network.parameters())
+    one = estimate_step_bytes(tr, tr.network, 32, 1, 16)
+    two = estimate_step_bytes(tr, tr.network, 32, 2, 16)
+    assert two - 5 * params == pytest.approx(2 * (one - 5 * params), rel=1e-6)
+    assert estimate_step_bytes(tr, tr.network, 64, 1, 16) > 7 * (one - 5 * params)
+    # against a probe taken at the full size itself: the scaled estimate is at least as large, and not absurdly so
+    exact = estimate_step_bytes(tr, tr.network, 32, 1, 16, probe_size=32)
+    assert exact <= one <= 1.6 * exact
+
+
+def test_check_refuses_a_step_larger_than_the_machine_and_names_the_settings():
+    tr = _trainer()
+    ok = MemoryCheck(volume_size=16, batch_size=1, xray_size=16)
+    ok(tr)
+    assert 0 < ok.estimate < available_bytes()
+    with pytest.raises(InputError, match="lower batch_size, set gradient_checkpointing true"):
+        MemoryCheck(volume_size=1024, batch_size=64, xray_size=16)(tr)
+    MemoryCheck(volume_size=1024, batch_size=64, xray_size=16, enabled=False)(tr)  # memory_check false
