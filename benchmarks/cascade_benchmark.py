@@ -2,7 +2,8 @@
 
     python benchmarks/cascade_benchmark.py --stages 1 2 3 --batch 2 --steps 10 25 50 [--profile]
 
-Stage sizes follow the bundle configs (64^3 / 128^3 / 256^3 volumes, token grids 16 / 24 / 32). A training step
+Networks are built from the bundle's own configs (train.json, layered with train_stage2.json / train_stage3.json),
+so the figures are those of the default sizes: 64^3 / 128^3 / 256^3 volumes, token grids 16 / 24 / 32. A training step
 is the bundle trainer's loss (v-MSE + image losses + the DRR physics loss from stage 2 on) with backward and an
 AdamW step, AMP on CUDA; best of ``--repeats`` after a warm-up. Inference time is one case, one sample. The
 sampler's own overhead is the sampling time minus the time of the same number of bare network calls.
@@ -13,14 +14,23 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
+from monai.bundle import ConfigParser
 
 from custom.diffusion import DDIMSampler, cosine_alpha_bar
 from custom.engines.diffusion import CascadeDiffusionTrainer, DRRConsistencyLoss
-from custom.networks import CascadeDenoiser
 
-STAGES = {1: (64, 16, False, 0.0), 2: (128, 24, True, 0.1), 3: (256, 32, True, 0.15)}
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "xray2ct_cascade_diffusion" / "configs"
+STAGE_FILES = {1: ["train.json"], 2: ["train.json", "train_stage2.json"], 3: ["train.json", "train_stage3.json"]}
+
+
+def stage_config(stage: int) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / f) for f in STAGE_FILES[stage]])
+    parser["bundle_root"] = str(BUNDLE.parent)
+    return parser
 
 
 def sync(device):
@@ -52,8 +62,9 @@ def main():
     amp = device.type == "cuda"
     print(json.dumps({"device": torch.cuda.get_device_name() if amp else "cpu", "torch": torch.__version__}))
     for stage in args.stages:
-        d, grid, prev, w_phys = STAGES[stage]
-        net = CascadeDenoiser(d, grid, prev).to(device)
+        cfg = stage_config(stage)
+        d, prev, w_phys = cfg["volume_size"], cfg["use_prev"], cfg["loss_weights"]["physics"]
+        net = cfg.get_parsed_content("network_def", instantiate=True).to(device)
         trainer = CascadeDiffusionTrainer(
             device=device,
             max_epochs=1,

@@ -504,7 +504,7 @@ class Commands:
         from ..data.prepare import prepare_dataset
         from ..data.transforms import hu_to_window, window_to_hu
         from ..data.visualize import ct_slices_display, hstack, vstack, xray_display
-        from ..engines.evaluation import CONVENTION, case_metrics, load_case
+        from ..engines.evaluation import CONVENTION, METRICS, case_metrics, load_case
         from ..physics import DRRProjector, get_geometry
 
         if int(count) < 0 or int(steps) < 1 or int(num_samples) < 1:
@@ -560,9 +560,7 @@ class Commands:
         summary = {
             "convention": CONVENTION.format(window=list(window), range=window[1] - window[0]),
             "cases": len(rows),
-            "model": {
-                k: float(sum(r[k] for r in rows) / len(rows)) for k in ("psnr_hu", "ssim", "mae_hu", "drr_error")
-            },
+            "model": {k: float(sum(r[k] for r in rows) / len(rows)) for k in METRICS},
             "settings": {"steps": int(steps), "num_samples": int(num_samples), "seed": int(seed)},
             "seconds": round(time.perf_counter() - t0, 1),
         }
