@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from monai.bundle import ConfigParser
 
 from custom.diffusion import DDIMSampler, cosine_alpha_bar
 from custom.engines.diffusion import CascadeDiffusionTrainer, DRRConsistencyLoss
+from custom.engines.memory import estimate_step_bytes
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "xray2ct_cascade_diffusion" / "configs"
 STAGE_FILES = {1: ["train.json"], 2: ["train.json", "train_stage2.json"], 3: ["train.json", "train_stage3.json"]}
@@ -77,7 +79,7 @@ def main():
         )
         b = args.batch
         ct = torch.rand(b, 1, d, d, d, device=device) * 2 - 1
-        xray = torch.rand(b, 2, d, d, device=device)
+        xray = torch.rand(b, 2, cfg["xray_size"], cfg["xray_size"], device=device)
         extra = {"prev": ct.clone()} if prev else {}
         opt = trainer.optimizer
         scaler = torch.amp.GradScaler(enabled=amp)
@@ -95,6 +97,11 @@ def main():
         row["train_step_s"] = timed(step, device, args.repeats)
         if amp:
             row["train_peak_mem_GiB"] = torch.cuda.max_memory_allocated() / 2**30
+        else:
+            # the whole process's peak resident memory so far (run one stage per process for a per-stage figure),
+            # next to the estimate MemoryCheck makes before a CPU training run
+            row["process_peak_rss_GiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            row["memory_check_estimate_GiB"] = estimate_step_bytes(trainer, net, d, b, cfg["xray_size"]) / 2**30
         if args.profile:
             with torch.profiler.profile() as prof:
                 step()
