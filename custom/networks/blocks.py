@@ -90,3 +90,26 @@ def sincos_position_embedding_3d(grid: int, dim: int) -> torch.Tensor:
     if emb.shape[1] < dim:
         emb = torch.cat([emb, torch.zeros(emb.shape[0], dim - emb.shape[1])], dim=1)
     return emb
+
+
+class SEResBlock(nn.Module):
+    """Residual block with instance normalization and channel attention, for the CT refiners.
+
+    MONAI's ``UnetResBlock`` (conv-IN-LeakyReLU-conv-IN plus the skip, then LeakyReLU) followed by MONAI's
+    ``ChannelSELayer`` (squeeze-and-excitation), so each scale re-weights its channels from global context.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels, out_channels: channels.
+        se_reduction: squeeze ratio of the channel attention.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, se_reduction: int = 4):
+        super().__init__()
+        from monai.networks.blocks import ChannelSELayer, UnetResBlock
+
+        self.res = UnetResBlock(spatial_dims, in_channels, out_channels, 3, 1, norm_name="instance")
+        self.se = ChannelSELayer(spatial_dims, out_channels, r=max(1, min(int(se_reduction), out_channels)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.se(self.res(x))

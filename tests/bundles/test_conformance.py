@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import ROOT, run_cli
 
-BUNDLES = ["xray2ct_cascade_diffusion", "mask_refiner_2d"]
+BUNDLES = ["xray2ct_cascade_diffusion", "mask_refiner_2d", "ct_detail_refinement"]
 METADATA_FIELDS = {
     "schema": str,
     "version": str,
@@ -38,8 +38,9 @@ TENSOR_FIELDS = {
     "is_patch_data",
     "channel_def",
 }
-# the diffusion denoiser takes (x_t, t, xrays[, prev]): verify_net_in_out feeds a single tensor, so it is excluded
-NET_IN_OUT = {"mask_refiner_2d": ["--any", "64"]}
+# the diffusion denoiser takes (x_t, t, xrays[, prev]) and variant B of ct_detail_refinement (coarse, xrays):
+# verify_net_in_out feeds a single tensor, so they are excluded (ct_detail_refinement checks its default, variant A)
+NET_IN_OUT = {"mask_refiner_2d": ["--any", "64"], "ct_detail_refinement": ["--n", "1"]}
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
@@ -86,6 +87,7 @@ def tiny_data(tmp_path_factory):
     setup_dataset(src, tmp / "refiner")
     return {
         "xray2ct_cascade_diffusion": {"dataset_dir": str(tmp / "ct")},
+        "ct_detail_refinement": {"dataset_dir": str(tmp / "ct"), "volume_size": 16, "num_workers": 0},
         "mask_refiner_2d": {
             "dataset_dir": str(tmp / "refiner"),
             "image_path": str(src / "images" / "patient_000.png"),

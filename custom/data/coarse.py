@@ -1,0 +1,174 @@
+"""Coarse CT inputs for the detail refiners: degraded ground truth, or the frozen cascade stage's output.
+
+Both are MONAI dictionary transforms on (1, S, S, S) CTs in window units ([-1, 1]) and write the coarse CT under
+``output_key``:
+
+* :class:`DegradeCTd` trains the refiner alone: average the ground truth down by ``downsample`` ("area"), blur it
+  (Gaussian, sigma in low-resolution voxels), add Gaussian noise, clip to the window and, when ``output_size`` is
+  set, interpolate back up (trilinear). Random (seeded by MONAI's ``set_determinism`` / ``set_random_state``) for
+  training; ``deterministic=True`` gives every call the same blur and noise draw, for validation and tests.
+* :class:`CascadeCoarsed` runs the frozen cascade denoiser (``custom.networks.CascadeDenoiser``, DDIM) on the
+  case's two X-rays. It is deterministic, so a ``CacheDataset`` computes it once per case.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import GaussianSmooth, MapTransform, Randomizable, Resize
+
+from ..errors import InputError
+
+
+def _as_range(value, name: str) -> tuple[float, float]:
+    lo, hi = (float(value), float(value)) if np.isscalar(value) else (float(value[0]), float(value[1]))
+    if lo < 0 or hi < lo:
+        raise ValueError(f"{name} must be a non-negative number or a [low, high] range, got {value}")
+    return lo, hi
+
+
+class DegradeCTd(Randomizable, MapTransform):
+    """Make a coarse CT from the ground truth: downsample + blur + noise (+ upsample back).
+
+    Args:
+        keys: the ground-truth CT key (one key).
+        output_key: key of the coarse CT.
+        downsample: integer factor of the area downsampling (4 for variant A: 256^3 -> 64^3).
+        output_size: side the coarse CT is interpolated back to (None: stay at S / downsample; variant B uses S).
+        blur_sigma: Gaussian sigma in low-resolution voxels, a number or a [low, high] range drawn per call.
+        noise_std: standard deviation of the added Gaussian noise (window units), number or range.
+        deterministic: same blur and noise draw for every call (seeded with ``seed``).
+        seed: seed of the deterministic mode.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "label",
+        output_key: str = "image",
+        downsample: int = 2,
+        output_size: int | None = None,
+        blur_sigma: float | Sequence[float] = (0.6, 1.2),
+        noise_std: float | Sequence[float] = (0.0, 0.03),
+        deterministic: bool = False,
+        seed: int = 0,
+        allow_missing_keys: bool = False,
+    ):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"DegradeCTd degrades one ground-truth key, got {self.keys}")
+        if int(downsample) < 1:
+            raise ValueError(f"downsample must be a positive integer, got {downsample}")
+        self.output_key, self.downsample = output_key, int(downsample)
+        self.output_size = None if output_size in (None, 0) else int(output_size)
+        self.blur_sigma, self.noise_std = _as_range(blur_sigma, "blur_sigma"), _as_range(noise_std, "noise_std")
+        self.deterministic, self.seed = bool(deterministic), int(seed)
+        self._sigma, self._std, self._noise_seed = self.blur_sigma[0], self.noise_std[0], 0
+
+    def randomize(self, data=None) -> None:
+        rng = np.random.RandomState(self.seed) if self.deterministic else self.R
+        self._sigma = float(rng.uniform(*self.blur_sigma))
+        self._std = float(rng.uniform(*self.noise_std))
+        self._noise_seed = int(rng.randint(0, 2**31 - 1))
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        key = self.keys[0]
+        if key not in d:
+            if self.allow_missing_keys:
+                return d
+            raise InputError(f"no ground-truth CT under {key!r} to degrade into a coarse input")
+        ct = torch.as_tensor(d[key]).float()
+        if ct.ndim != 4 or len(set(ct.shape[1:])) != 1 or ct.shape[-1] % self.downsample:
+            raise ValueError(
+                f"{key} must be a (1, S, S, S) cube with S divisible by {self.downsample}, got {tuple(ct.shape)}"
+            )
+        self.randomize()
+        low = ct.shape[-1] // self.downsample
+        x = torch.as_tensor(Resize((low,) * 3, mode="area")(ct)) if self.downsample > 1 else ct.clone()
+        if self._sigma > 0:
+            x = torch.as_tensor(GaussianSmooth(sigma=self._sigma)(x))
+        if self._std > 0:
+            gen = torch.Generator().manual_seed(self._noise_seed)
+            x = x + self._std * torch.randn(x.shape, generator=gen)
+        x = x.clamp(-1.0, 1.0)
+        if self.output_size is not None and self.output_size != low:
+            x = torch.as_tensor(Resize((self.output_size,) * 3, mode="trilinear")(x))
+        d[self.output_key] = x.float()
+        return d
+
+
+class CascadeCoarsed(MapTransform):
+    """Coarse CT from the frozen cascade stage: DDIM-sample ``CascadeDenoiser`` on the case's X-rays.
+
+    Args:
+        keys: the X-ray key, a (V, N, N) tensor in network-input units (line integral / 8).
+        checkpoint: the cascade checkpoint: a plain state dict or a dict with a ``model`` state dict.
+        network: keyword arguments of ``custom.networks.CascadeDenoiser`` (as in the cascade bundle's
+            ``network_def``; stage 1, ``use_prev`` false).
+        output_key: key of the coarse CT, (1, D, D, D) in window units.
+        output_size: side to interpolate the cascade's output to (None: the cascade's ``volume_size``).
+        num_inference_steps, num_train_timesteps, seed: the DDIM sampling (seeded: the same X-rays always give
+            the same coarse CT).
+        device: where the frozen network runs.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "xray",
+        checkpoint: str = "",
+        network: dict | None = None,
+        output_key: str = "image",
+        output_size: int | None = None,
+        num_inference_steps: int = 25,
+        num_train_timesteps: int = 1000,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        if not checkpoint or not Path(checkpoint).is_file():
+            raise FileNotFoundError(
+                f"cascade checkpoint {checkpoint!r} not found: set cascade_checkpoint to the cascade bundle's "
+                "models/model.pt, or use coarse_source 'degrade' to train the refiner alone"
+            )
+        self.checkpoint, self.network_args = str(checkpoint), dict(network or {})
+        self.output_key = output_key
+        self.output_size = None if output_size in (None, 0) else int(output_size)
+        self.steps, self.timesteps, self.seed = int(num_inference_steps), int(num_train_timesteps), int(seed)
+        self.device = torch.device(device)
+        self._net = None
+        self._inferer = None
+
+    def _load(self):
+        from ..engines.diffusion import DDIMInferer
+        from ..networks import CascadeDenoiser
+
+        net = CascadeDenoiser(**self.network_args)
+        if net.use_prev:
+            raise ValueError("the coarse input comes from stage 1 of the cascade: set use_prev false")
+        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        net.load_state_dict(state)
+        self._net = net.to(self.device).eval().requires_grad_(False)
+        self._inferer = DDIMInferer(net.volume_size, self.timesteps, self.steps, seed=self.seed)
+
+    @torch.no_grad()
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        key = self.keys[0]
+        if key not in d:
+            if self.allow_missing_keys:
+                return d
+            raise InputError(f"no X-rays under {key!r} for the cascade stage")
+        if self._net is None:
+            self._load()
+        xray = torch.as_tensor(d[key]).float()[None].to(self.device)
+        out = self._inferer(xray, self._net)[0].clamp(-1.0, 1.0).cpu()
+        if self.output_size is not None and self.output_size != out.shape[-1]:
+            out = torch.as_tensor(Resize((self.output_size,) * 3, mode="trilinear")(out))
+        d[self.output_key] = out.float()
+        return d

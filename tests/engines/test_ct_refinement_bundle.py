@@ -1,0 +1,151 @@
+"""The ct_detail_refinement bundle run for real from its JSON configs at tiny sizes: train (both variants, the
+degrade and the frozen-cascade coarse sources, resume), evaluate and inference."""
+
+import csv
+import json
+
+import pytest
+import torch
+from conftest import ROOT, run_cli
+
+from custom.networks import CascadeDenoiser
+
+BUNDLE = ROOT / "bundles" / "ct_detail_refinement"
+CONFIGS = BUNDLE / "configs"
+TINY_A = {"volume_size": 16, "scale_factor": 2, "channels": [8, 4], "num_blocks": [1, 1], "num_workers": 0}
+TINY_B = {
+    "volume_size": 16,
+    "xray_size": 16,
+    "channels": [4, 8],
+    "num_blocks": [1, 1],
+    "xray_channels": 8,
+    "lift_channels": 4,
+    "frequency_bins": 4,
+    "num_workers": 0,
+}
+CASCADE = {
+    "volume_size": 16,
+    "token_grid": 2,
+    "channels": [8, 8, 8],
+    "hidden_size": 24,
+    "vit_depth": 1,
+    "num_heads": 2,
+    "geometry": "x2ctgan",
+}
+
+
+def _run(configs, workflow_type, bundle_root, **overrides):
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=[str(CONFIGS / c) for c in configs],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(bundle_root),
+        **overrides,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("refine")
+    assert run_cli("phantoms", tmp / "ph", "--count", 5, "--size", 16).returncode == 0
+    proc = run_cli("prepare", tmp / "ph", tmp / "prep", "--size", 16, "--test_fraction", 0.4, "--val_fraction", 0.2)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def trained_a(data):
+    root = data / "bundle_a"
+    _run(["train.json"], "train", root, dataset_dir=str(data / "prep"), max_epochs=2, **TINY_A)
+    return root
+
+
+def test_train_a_writes_checkpoints_and_resumes(trained_a, data):
+    runs = trained_a / "runs" / "variant_a"
+    final = torch.load(runs / "checkpoint_final.pt", weights_only=True)
+    n_train = len(json.loads((data / "prep" / "datalist.json").read_text())["training"])
+    assert final["trainer"]["iteration"] == 2 * n_train and set(final) >= {"model", "optimizer", "lr_scheduler"}
+    best = torch.load(runs / "model.pt", weights_only=True)
+    assert any(k.startswith("heads.") for k in best)  # validation-PSNR checkpoint of the network
+    wf = _run(["train.json"], "train", trained_a, dataset_dir=str(data / "prep"), max_epochs=3, resume=True, **TINY_A)
+    assert wf.parser.get_parsed_content("train#trainer").state.epoch == 3
+
+
+def test_train_b_from_the_frozen_cascade_checkpoint(data):
+    torch.manual_seed(0)
+    net = CascadeDenoiser(**CASCADE)
+    torch.save({"model": net.state_dict()}, data / "cascade.pt")  # a tiny, randomly initialised cascade stage
+    root = data / "bundle_b"
+    _run(
+        ["train.json", "train_variant_b.json"],
+        "train",
+        root,
+        dataset_dir=str(data / "prep"),
+        max_epochs=1,
+        coarse_source="cascade",
+        cascade_checkpoint=str(data / "cascade.pt"),
+        cascade_network=CASCADE,
+        cascade_num_inference_steps=2,
+        **TINY_B,
+    )
+    state = torch.load(root / "runs" / "variant_b" / "checkpoint_final.pt", weights_only=True)
+    assert state["trainer"]["iteration"] > 0 and any(k.startswith("lift.") for k in state["model"])
+
+
+def test_evaluate_writes_the_coarse_vs_refined_table(trained_a, data):
+    out = data / "eval_a"
+    _run(
+        ["train.json", "evaluate.json"],
+        "eval",
+        trained_a,
+        dataset_dir=str(data / "prep"),
+        ckpt_path=str(trained_a / "runs" / "variant_a" / "model.pt"),
+        output_dir=str(out),
+        **TINY_A,
+    )
+    n_test = len(json.loads((data / "prep" / "datalist.json").read_text())["test"])
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 3 * n_test and {r["method"] for r in rows} == {"refined", "coarse", "trilinear"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert (
+        summary["cases"] == n_test and "sharpness" in summary["refined"] and "data range 400" in summary["convention"]
+    )
+
+
+@pytest.mark.parametrize("variant", ["a", "b"])
+def test_inference_writes_the_seed_output_structure(trained_a, data, variant):
+    out = data / f"infer_{variant}"
+    if variant == "a":
+        configs, tiny, ckpt = ["inference.json"], TINY_A, trained_a / "runs" / "variant_a" / "model.pt"
+    else:
+        configs, tiny, ckpt = ["inference.json", "inference_variant_b.json"], TINY_B, data / "b.pt"
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / c) for c in configs])
+        parser.update({k: v for k, v in tiny.items() if k != "num_workers"})
+        torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
+    _run(
+        configs,
+        "infer",
+        data,
+        dataset_dir=str(data / "prep"),
+        ckpt_path=str(ckpt),
+        output_dir=str(out),
+        **{k: v for k, v in tiny.items() if k != "num_workers"},
+    )
+    cases = json.loads((data / "prep" / "datalist.json").read_text())["test"]
+    for case in cases:
+        folder = out / case["case_id"]
+        for name in ("coarse.nii.gz", "refined.nii.gz", "ground_truth.nii.gz", f"{case['case_id']}_comparison.png"):
+            assert (folder / name).is_file(), name
+    text = (out / "metrics.txt").read_text()
+    assert f"cases with ground truth: {len(cases)}" in text and "refined" in text and "coarse" in text
+    assert not list(out.rglob(".*.tmp*"))  # atomic writes leave no temporary files
