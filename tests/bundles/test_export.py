@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_cli
 
-EXPORTABLE = ["mask_refiner_2d", "xray2ct_cascade_diffusion"]
+EXPORTABLE = ["mask_refiner_2d", "xray2ct_cascade_diffusion", "ct_detail_refinement"]
 # always there with MONAI: the metadata states their versions in monai_version / pytorch_version / numpy_version
 CORE = {"torch", "monai", "numpy"}
 
@@ -92,7 +92,18 @@ def _xray2ct_case(tmp_path):
     return args + ["--num_inference_steps", 2, "--num_samples", 1], "ct.nii.gz"
 
 
-CASES = {"mask_refiner_2d": _refiner_case, "xray2ct_cascade_diffusion": _xray2ct_case}
+def _ct_refinement_case(tmp_path):
+    assert run_cli("phantoms", tmp_path / "ph", "--count", 1, "--size", 64, "--seed", 9).returncode == 0
+    proc = run_cli("prepare", tmp_path / "ph", tmp_path / "prep", "--size", 64, "--split", "test", "--num_workers", 1)
+    assert proc.returncode == 0, proc.stderr
+    return ["--dataset_dir", tmp_path / "prep"], "refined.nii.gz"
+
+
+CASES = {
+    "mask_refiner_2d": _refiner_case,
+    "xray2ct_cascade_diffusion": _xray2ct_case,
+    "ct_detail_refinement": _ct_refinement_case,
+}
 
 
 def _read(path):

@@ -149,3 +149,28 @@ def test_inference_writes_the_seed_output_structure(trained_a, data, variant):
     text = (out / "metrics.txt").read_text()
     assert f"cases with ground truth: {len(cases)}" in text and "refined" in text and "coarse" in text
     assert not list(out.rglob(".*.tmp*"))  # atomic writes leave no temporary files
+
+
+def test_multi_gpu_config_runs_two_gloo_processes_with_rank_zero_logging(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    # MONAI's DistributedSampler needs at least one validation case per process
+    data = tmp_path
+    assert run_cli("phantoms", data / "ph", "--count", 8, "--size", 16).returncode == 0
+    proc = run_cli("prepare", data / "ph", data / "prep", "--size", 16, "--test_fraction", 0.25, "--val_fraction", 0.25)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = "[" + ",".join(f"'{CONFIGS / c}'" for c in ("train.json", "multi_gpu_train.json")) + "]"
+    args = ["--bundle_root", str(data / "ddp"), "--dataset_dir", str(data / "prep"), "--max_epochs", "1"]
+    for k, v in TINY_A.items():
+        args += [f"--{k}", json.dumps(v)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "monai.bundle", "run", "--config_file", files, *args]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=data, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((data / "ddp").rglob("model.pt"))) == 1
+    log = proc.stdout + proc.stderr
+    assert len(re.findall(r"Epoch: 1/1, Iter: 1/\d+ -- ", log)) == 1, "both ranks logged"
