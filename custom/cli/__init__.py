@@ -467,7 +467,7 @@ class Commands:
         out_dir: str = "outputs/demo",
         count: int = 3,
         real: bool = True,
-        steps: int = 25,
+        steps: int = 10,
         num_samples: int = 4,
         seed: int = 0,
         bundle: str | None = None,
