@@ -2,10 +2,9 @@
 
 On a CPU machine an oversized stage (256^3, or a large batch at 128^3) is not refused by PyTorch: it swaps or is
 killed by the operating system minutes later, with no hint of which setting to change. The estimate here is
-measured, not guessed: one forward pass of the real network and losses at a small probe size, counting the bytes
-autograd keeps for the backward pass, scaled by the voxel count to the configured size (the ViT token grid does not
-grow with the volume, so the scaling over-estimates slightly, on the safe side), plus weights, gradients, AdamW
-moments and the EMA copy.
+measured, not guessed: forward passes of the real network and losses at two small probe sizes, counting the
+distinct storages autograd keeps for the backward pass, fitted as a fixed part plus a part per voxel and
+extrapolated to the configured size, plus weights, gradients, AdamW moments and the EMA copy.
 """
 
 from __future__ import annotations
@@ -35,31 +34,43 @@ def available_bytes() -> int | None:
         return None
 
 
-def estimate_step_bytes(trainer, network, volume_size: int, batch_size: int, xray_size: int, probe_size: int = 16):
-    """Bytes one training step of ``trainer.compute_losses`` needs at ``volume_size`` and ``batch_size``."""
-    net = getattr(network, "module", network)
+def _saved_bytes(trainer, net, size: int, xray_size: int) -> int:
+    """Bytes of the distinct storages autograd keeps for the backward pass of one step at batch 1, side ``size``."""
     device = next(net.parameters()).device
-    saved = 0
+    storages = {}
 
     def pack(t):
-        nonlocal saved
-        saved += t.numel() * t.element_size()
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()  # views and re-saved tensors share one storage: count it once
         return t
 
-    p = int(probe_size)
-    ct = torch.zeros(1, 1, p, p, p, device=device)
+    ct = torch.zeros(1, 1, size, size, size, device=device)
     xray = torch.zeros(1, 2, xray_size, xray_size, device=device)
     extra = {"prev": ct.clone()} if getattr(net, "use_prev", False) else {}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        trainer.compute_losses(net, xray, ct, extra)
+    return sum(storages.values())
+
+
+def estimate_step_bytes(trainer, network, volume_size: int, batch_size: int, xray_size: int, probe_size: int = 16):
+    """Bytes one training step of ``trainer.compute_losses`` needs at ``volume_size`` and ``batch_size``.
+
+    Two probes (``probe_size`` and twice that) separate the part that grows with the voxel count from the part that
+    does not (the ViT on its fixed token grid, the X-ray encoders): ``saved(D) = fixed + per_voxel * D^3``.
+    """
+    net = getattr(network, "module", network)
     was_training = net.training
     net.train()
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            trainer.compute_losses(net, xray, ct, extra)
+        p1, p2 = int(probe_size), 2 * int(probe_size)
+        s1, s2 = _saved_bytes(trainer, net, p1, xray_size), _saved_bytes(trainer, net, p2, xray_size)
     finally:
         net.train(was_training)
+    per_voxel = max(0.0, (s2 - s1) / (p2**3 - p1**3))
+    fixed = max(0.0, s1 - per_voxel * p1**3)
     params = sum(q.numel() * q.element_size() for q in net.parameters())
-    # weights + gradients + two AdamW moments + the EMA copy
-    return int(saved * (volume_size / p) ** 3 * batch_size + 5 * params)
+    # activations per sample, plus weights + gradients + two AdamW moments + the EMA copy
+    return int((fixed + per_voxel * volume_size**3) * batch_size + 5 * params)
 
 
 class MemoryCheck:
