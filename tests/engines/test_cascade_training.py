@@ -272,6 +272,44 @@ def test_multi_gpu_config_runs_two_processes_on_cpu(trained):
     assert len(re.findall(r"Epoch: 1/1, Iter: 1/\d+ -- train_loss", log)) == 1, "both ranks logged"
 
 
+def test_stages_2_and_3_train_from_their_json_on_the_previous_stage(trained):
+    """train_stage2.json and train_stage3.json layered on train.json, at tiny sizes, each initialised from the stage
+    before it: conditioning on the upsampled previous volume, physics loss on, gradient checkpointing in stage 3."""
+    tmp, _ = trained
+    previous = tmp / "run" / "model.pt"
+    for stage in (2, 3):
+        out = tmp / f"stage{stage}"
+        proc = _bundle_run(
+            ["train.json", f"train_stage{stage}.json"],
+            tmp,
+            "--dataset_dir",
+            tmp / "prep",
+            "--output_dir",
+            out,
+            "--init_from",
+            previous,
+            "--max_epochs",
+            1,
+            "--val_interval",
+            1,
+            "--batch_size",
+            1,
+            "--warmup_epochs",
+            1,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        log = proc.stdout + proc.stderr
+        assert "Restored all variables" in log  # init_from loaded
+        init, state = (torch.load(p, weights_only=True) for p in (previous, out / "model.pt"))
+        assert set(state) == set(init) and any(not torch.equal(state[k], init[k]) for k in state)  # it trained
+        previous = out / "model.pt"
+        from monai.bundle import ConfigParser
+
+        cfg = ConfigParser()
+        cfg.read_config([str(BUNDLE / "configs" / f) for f in ("train.json", f"train_stage{stage}.json")])
+        assert cfg["use_prev"] is True and cfg["loss_weights"]["physics"] > 0
+
+
 def test_resume_continues_from_the_last_checkpoint(trained):
     tmp, _ = trained
     proc = _train(tmp, max_epochs=3, resume=True)
