@@ -104,19 +104,23 @@ def _write_refiner_case(folder: Path, seed: int, control: bool = False) -> dict:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """Tiny bundles with weights, the demo phantom (CT + two DRRs) and three refiner images."""
+    """Tiny bundles with weights, a prepared phantom (CT + two DRRs) and three refiner images."""
     tmp = tmp_path_factory.mktemp("monailabel")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    demo = subprocess.run(
-        [sys.executable, "-m", "custom", "demo", "--out_dir", str(tmp / "demo"), "--count", "1", "--size", "16"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert demo.returncode == 0, demo.stderr
-    case = next((tmp / "demo").glob("phantom_*"))
+    for args in (
+        ["phantoms", tmp / "ph", "--count", 1, "--size", 16, "--seed", 100000],
+        ["prepare", tmp / "ph", tmp / "prep", "--size", 16, "--split", "test", "--num_workers", 1],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "custom", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+    case = next((tmp / "prep" / "cases").iterdir())
     (tmp / "refiner").mkdir()
     return {
         "tmp": tmp,
