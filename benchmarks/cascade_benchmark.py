@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import time
 from pathlib import Path
 
 import torch
 from monai.bundle import ConfigParser
+from timing import sync, timed
 
 from custom.diffusion import DDIMSampler, cosine_alpha_bar
 from custom.engines.diffusion import CascadeDiffusionTrainer, DRRConsistencyLoss
@@ -33,23 +33,6 @@ def stage_config(stage: int) -> ConfigParser:
     parser.read_config([str(BUNDLE / f) for f in STAGE_FILES[stage]])
     parser["bundle_root"] = str(BUNDLE.parent)
     return parser
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, repeats):
-    fn()
-    sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main():

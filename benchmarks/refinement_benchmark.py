@@ -16,9 +16,9 @@ import argparse
 import json
 import resource
 import sys
-import time
 
 import torch
+from timing import timed
 
 from custom.losses import DetailRefinementLoss, SuperResolutionLoss
 from custom.networks import DetailRefiner, SuperResolutionRefiner
@@ -37,23 +37,6 @@ SIZES = {
         ),
     },
 }
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, repeats):
-    fn()
-    sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def peak_memory_gib(device) -> float:

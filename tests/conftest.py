@@ -129,3 +129,21 @@ def small_phantom():
     from custom.data.phantom import chest_phantom
 
     return chest_phantom(seed=1, size=32)
+
+
+def tiny_cascade_trainer(physics: float = 0.0):
+    """A CascadeDiffusionTrainer around a 16^3 denoiser with a few thousand parameters (parallel-beam physics)."""
+    from custom.engines.diffusion import CascadeDiffusionTrainer, DRRConsistencyLoss
+    from custom.networks import CascadeDenoiser
+
+    net = CascadeDenoiser(16, 4, False, (8, 8, 8), 8, 16, 24, 1, 2)
+    return CascadeDiffusionTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=[None],
+        network=net,
+        optimizer=torch.optim.AdamW(net.parameters(), 1e-3),
+        loss_weights={"physics": physics},
+        physics_loss=DRRConsistencyLoss("parallel"),
+        ssim_win_size=3,
+    )

@@ -576,7 +576,6 @@ class Commands:
 
 def load_bundle_network(bundle, weights=None, overrides: dict | None = None, device="cpu"):
     """(network in eval mode, parsed config) of a bundle's ``train.json`` with ``overrides``; weights loaded safely."""
-    import torch
     from monai.bundle import ConfigParser
 
     cfg = Path(bundle) / "configs" / "train.json"
@@ -587,16 +586,16 @@ def load_bundle_network(bundle, weights=None, overrides: dict | None = None, dev
     parser["bundle_root"] = str(bundle)
     for k, v in (overrides or {}).items():
         parser[k] = v
+    from ..networks.checkpoint import read_state_dict
+
     net = parser.get_parsed_content("network_def", instantiate=True)
     if weights:
         if not Path(weights).is_file():
             raise InputError(f"{weights}: no such weights file")
         try:
-            state = torch.load(str(weights), map_location="cpu", weights_only=True)
+            state = read_state_dict(weights)
         except Exception as e:
             raise InputError(f"{weights}: not a plain state dict of tensors ({type(e).__name__}: {e})") from None
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]
         try:
             net.load_state_dict(state)
         except RuntimeError as e:

@@ -146,13 +146,12 @@ class CascadeCoarsed(MapTransform):
     def _load(self):
         from ..engines.diffusion import DDIMInferer
         from ..networks import CascadeDenoiser
+        from ..networks.checkpoint import read_state_dict
 
         net = CascadeDenoiser(**self.network_args)
         if net.use_prev:
             raise ValueError("the coarse input comes from stage 1 of the cascade: set use_prev false")
-        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        state = state.get("model", state) if isinstance(state, dict) else state
-        net.load_state_dict(state)
+        net.load_state_dict(read_state_dict(self.checkpoint))
         self._net = net.to(self.device).eval().requires_grad_(False)
         self._inferer = DDIMInferer(net.volume_size, self.timesteps, self.steps, seed=self.seed)
 

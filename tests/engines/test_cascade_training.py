@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, tiny_cascade_trainer
 
-from custom.engines.diffusion import CascadeDiffusionTrainer, DDIMInferer, DRRConsistencyLoss
+from custom.engines.diffusion import DDIMInferer, DRRConsistencyLoss
 from custom.networks import CascadeDenoiser
 
 BUNDLE = ROOT / "bundles" / "xray2ct_cascade_diffusion"
@@ -23,23 +23,9 @@ TINY = {
 }
 
 
-def _trainer(physics=0.0):
-    net = CascadeDenoiser(16, 4, False, (8, 8, 8), 8, 16, 24, 1, 2)
-    return CascadeDiffusionTrainer(
-        device=torch.device("cpu"),
-        max_epochs=1,
-        train_data_loader=[None],
-        network=net,
-        optimizer=torch.optim.AdamW(net.parameters(), 1e-3),
-        loss_weights={"physics": physics},
-        physics_loss=DRRConsistencyLoss("parallel"),
-        ssim_win_size=3,
-    )
-
-
 def test_losses_are_finite_and_physics_loss_compares_like_with_like():
     torch.manual_seed(0)
-    tr = _trainer(physics=0.1)
+    tr = tiny_cascade_trainer(physics=0.1)
     ct = torch.rand(2, 1, 16, 16, 16) * 2 - 1
     losses = tr.compute_losses(tr.network, torch.rand(2, 2, 16, 16), ct, {})
     assert set(losses) >= {"mse_v", "l1", "ssim", "gradient", "physics", "total"}
@@ -52,7 +38,7 @@ def test_losses_are_finite_and_physics_loss_compares_like_with_like():
 def test_x0_terms_are_weighted_by_alpha_bar_even_for_one_sample(monkeypatch):
     """At the noisiest timestep (alpha-bar 1e-5) the image terms must nearly vanish, also with batch size 1."""
     torch.manual_seed(0)
-    tr = _trainer()
+    tr = tiny_cascade_trainer()
     ct = torch.rand(1, 1, 16, 16, 16) * 2 - 1
     monkeypatch.setattr(torch, "randint", lambda lo, hi, size, device=None: torch.full(size, hi - 1, device=device))
     weighted = tr.compute_losses(tr.network, torch.rand(1, 2, 16, 16), ct, {})
@@ -65,7 +51,7 @@ def test_x0_terms_are_weighted_by_alpha_bar_even_for_one_sample(monkeypatch):
 
 
 def test_nan_loss_skips_the_step_without_touching_weights():
-    tr = _trainer()
+    tr = tiny_cascade_trainer()
     before = [p.detach().clone() for p in tr.network.parameters()]
     batch = {"xray": torch.rand(1, 2, 16, 16), "ct": torch.full((1, 1, 16, 16, 16), float("nan"))}
     tr.state.device = torch.device("cpu")

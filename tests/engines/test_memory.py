@@ -1,30 +1,14 @@
 """The memory estimate of a cascade training step, and the check that stops an oversized CPU run up front."""
 
 import pytest
-import torch
+from conftest import tiny_cascade_trainer
 
-from custom.engines.diffusion import CascadeDiffusionTrainer, DRRConsistencyLoss
 from custom.engines.memory import MemoryCheck, available_bytes, estimate_step_bytes
 from custom.errors import InputError
-from custom.networks import CascadeDenoiser
-
-
-def _trainer():
-    net = CascadeDenoiser(16, 4, False, (8, 8, 8), 8, 16, 24, 1, 2)
-    return CascadeDiffusionTrainer(
-        device=torch.device("cpu"),
-        max_epochs=1,
-        train_data_loader=[None],
-        network=net,
-        optimizer=torch.optim.AdamW(net.parameters(), 1e-3),
-        loss_weights={"physics": 0.0},
-        physics_loss=DRRConsistencyLoss("parallel"),
-        ssim_win_size=3,
-    )
 
 
 def test_estimate_scales_with_batch_and_volume_and_matches_a_full_size_count():
-    tr = _trainer()
+    tr = tiny_cascade_trainer()
     params = sum(p.numel() * p.element_size() for p in tr.network.parameters())
     one = estimate_step_bytes(tr, tr.network, 32, 1, 16)
     two = estimate_step_bytes(tr, tr.network, 32, 2, 16)
@@ -38,7 +22,7 @@ def test_estimate_scales_with_batch_and_volume_and_matches_a_full_size_count():
 
 
 def test_check_refuses_a_step_larger_than_the_machine_and_names_the_settings():
-    tr = _trainer()
+    tr = tiny_cascade_trainer()
     ok = MemoryCheck(volume_size=16, batch_size=1, xray_size=16)
     ok(tr)
     assert 0 < ok.estimate < available_bytes()

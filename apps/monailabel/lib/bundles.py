@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
+from custom.networks.checkpoint import read_state_dict
+
 logger = logging.getLogger(__name__)
 
 CONFIG = "configs/inference.json"
@@ -65,11 +67,8 @@ def load_weights(network: torch.nn.Module, path: Path) -> torch.nn.Module:
 
     ``weights_only=True``: a checkpoint cannot run code on the server.
     """
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
     try:
-        network.load_state_dict(state)
+        network.load_state_dict(read_state_dict(path))
     except RuntimeError as e:
         raise RuntimeError(f"{path} does not fit the bundle's network ({str(e).splitlines()[0]})") from None
     return network
