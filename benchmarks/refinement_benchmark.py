@@ -5,9 +5,10 @@
 
 ``seed``: the seeds' sizes (variant A 64^3 -> 256^3, 2.0 M parameters; variant B 64^3, 5.1 M parameters, 64 px
 X-rays). ``shipped``: the reduced sizes of the bundle's configs and weights (A 16^3 -> 64^3 with channels
-32/16/8; B 32^3 with channels 16/32/64). A training step is the bundle's loss (perceptual term off) with backward
-and an AdamW step, batch 1, AMP on CUDA; best of ``--repeats`` after a warm-up. Peak memory: CUDA's peak allocation
-on a GPU; on CPU the process's peak resident set size (an upper bound that includes the Python runtime).
+32/16/8; B 64^3 with channels 16/32/64 and 64 px X-rays). A training step is the bundle's loss (perceptual term
+off) with backward and an AdamW step, batch 1, AMP on CUDA; best of ``--repeats`` after a warm-up. Peak memory:
+CUDA's peak allocation on a GPU; on CPU the process's peak resident set size (an upper bound that includes the
+Python runtime).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ SIZES = {
     "shipped": {
         "a": dict(coarse=16, kwargs=dict(channels=(32, 16, 8), num_blocks=(2, 1, 1))),
         "b": dict(
-            volume=32,
-            xray=32,
+            volume=64,
+            xray=64,
             kwargs=dict(channels=(16, 32, 64), num_blocks=(1, 1, 1), xray_channels=16, lift_channels=8),
         ),
     },

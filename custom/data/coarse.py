@@ -9,6 +9,8 @@ Both are MONAI dictionary transforms on (1, S, S, S) CTs in window units ([-1, 1
   training; ``deterministic=True`` gives every call the same blur and noise draw, for validation and tests.
 * :class:`CascadeCoarsed` runs the frozen cascade denoiser (``custom.networks.CascadeDenoiser``, DDIM) on the
   case's two X-rays. It is deterministic, so a ``CacheDataset`` computes it once per case.
+* :class:`LoadCoarseCTd` reads a coarse CT from a file in HU: a cascade output written once by the cascade
+  bundle's ``inference.json`` (much faster than sampling it again in every run), or any CT a user wants refined.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from monai.config import KeysCollection
 from monai.transforms import GaussianSmooth, MapTransform, Randomizable, Resize
 
 from ..errors import InputError
+from .ct import load_ct
+from .transforms import hu_to_window, preprocess_ct
 
 
 def _as_range(value, name: str) -> tuple[float, float]:
@@ -113,6 +117,7 @@ class CascadeCoarsed(MapTransform):
         output_size: side to interpolate the cascade's output to (None: the cascade's ``volume_size``).
         num_inference_steps, num_train_timesteps, seed: the DDIM sampling (seeded: the same X-rays always give
             the same coarse CT).
+        num_samples: samples averaged into the coarse CT (the cascade bundle's inference averages 4).
         device: where the frozen network runs.
     """
 
@@ -126,6 +131,7 @@ class CascadeCoarsed(MapTransform):
         num_inference_steps: int = 25,
         num_train_timesteps: int = 1000,
         seed: int = 0,
+        num_samples: int = 1,
         device: str | torch.device = "cpu",
         allow_missing_keys: bool = False,
     ):
@@ -139,6 +145,7 @@ class CascadeCoarsed(MapTransform):
         self.output_key = output_key
         self.output_size = None if output_size in (None, 0) else int(output_size)
         self.steps, self.timesteps, self.seed = int(num_inference_steps), int(num_train_timesteps), int(seed)
+        self.num_samples = int(num_samples)
         self.device = torch.device(device)
         self._net = None
         self._inferer = None
@@ -153,7 +160,9 @@ class CascadeCoarsed(MapTransform):
             raise ValueError("the coarse input comes from stage 1 of the cascade: set use_prev false")
         net.load_state_dict(read_state_dict(self.checkpoint))
         self._net = net.to(self.device).eval().requires_grad_(False)
-        self._inferer = DDIMInferer(net.volume_size, self.timesteps, self.steps, seed=self.seed)
+        self._inferer = DDIMInferer(
+            net.volume_size, self.timesteps, self.steps, num_samples=self.num_samples, seed=self.seed
+        )
 
     @torch.no_grad()
     def __call__(self, data: dict) -> dict:
@@ -170,4 +179,80 @@ class CascadeCoarsed(MapTransform):
         if self.output_size is not None and self.output_size != out.shape[-1]:
             out = torch.as_tensor(Resize((self.output_size,) * 3, mode="trilinear")(out))
         d[self.output_key] = out.float()
+        return d
+
+
+# file names that say nothing about the case: the case is then named after the folder (``<case>/ct.nii.gz`` is how
+# the cascade bundle's inference writes its outputs)
+_GENERIC_STEMS = {"ct", "coarse", "refined", "image", "volume"}
+
+
+def _case_from_path(path: Path) -> str:
+    stem = path.name.split(".")[0] if path.is_file() else path.name
+    return path.parent.name if stem.lower() in _GENERIC_STEMS and path.parent.name else stem
+
+
+class LoadCoarseCTd(MapTransform):
+    """Coarse CT from a file: load it (NIfTI or a DICOM series folder, in HU), put it on the refiner's grid, window it.
+
+    Whatever its grid, the CT is resampled onto the ``size``^3 grid over the ``cube_mm`` cube centred on the
+    isocentre, the grid the refiners and the cascade work on (:func:`custom.data.transforms.preprocess_ct`); a file
+    already on that grid, like the cascade bundle's ``ct.nii.gz``, is taken as it is. The output is (1, S, S, S)
+    in window units under ``output_key``.
+
+    Args:
+        keys: the key holding the coarse CT's path (one key).
+        output_key: key of the coarse CT tensor.
+        size: S, voxels per side of the refiner's coarse input.
+        cube_mm: side of the cube, mm.
+        window: HU window mapped to [-1, 1].
+        coarse_dir: where to look when an item has no path under ``keys``: ``coarse_dir/<case_id>/<filename>``
+            (the layout the cascade bundle's ``inference.json --output_dir coarse_dir`` writes).
+        filename: the file name inside each case folder of ``coarse_dir``.
+        iso_spacing: spacing (mm) a CT off the grid is resampled to before it is resized.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "coarse",
+        output_key: str = "image",
+        size: int = 64,
+        cube_mm: float = 320.0,
+        window: Sequence[float] = (-200.0, 200.0),
+        coarse_dir: str = "",
+        filename: str = "ct.nii.gz",
+        iso_spacing: float = 1.0,
+    ):
+        super().__init__(keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"LoadCoarseCTd reads one path key, got {self.keys}")
+        self.output_key, self.size, self.cube_mm = output_key, int(size), float(cube_mm)
+        self.window, self.iso_spacing = tuple(float(w) for w in window), float(iso_spacing)
+        self.coarse_dir, self.filename = str(coarse_dir or ""), str(filename)
+
+    def _path(self, d: dict) -> Path:
+        given = d.get(self.keys[0])
+        if given not in (None, ""):
+            return Path(str(given))
+        case = d.get("case_id")
+        if not self.coarse_dir or not case:
+            raise InputError(
+                f"no coarse CT: give its path under {self.keys[0]!r} (inference: --coarse_path FILE), or set "
+                "coarse_dir to a folder of <case_id>/" + self.filename
+            )
+        path = Path(self.coarse_dir) / str(case) / self.filename
+        if not path.is_file():
+            raise InputError(
+                f"no coarse CT for case {case!r} in coarse_dir (expected <coarse_dir>/{case}/{self.filename}); write "
+                "them with the cascade bundle's inference.json --output_dir <coarse_dir>, or set coarse_source to "
+                "'cascade' or 'degrade'"
+            )
+        return path
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        path = self._path(d)
+        ct = preprocess_ct(load_ct(path), self.size, self.cube_mm, self.iso_spacing)
+        d[self.output_key] = hu_to_window(ct.float(), self.window)  # a MetaTensor, like the loaded ground truth
+        d.setdefault("case_id", _case_from_path(path))
         return d

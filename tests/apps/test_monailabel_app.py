@@ -373,6 +373,38 @@ def test_an_upsampling_ct_refiner_gets_a_finer_affine_over_the_same_field_of_vie
         output_affine(np.eye(4), (16, 16, 16), (1, 1, 24, 24, 24))
 
 
+def test_a_ct_refiner_trained_on_a_grid_gets_any_ct_resampled_onto_it(data, tmp_path):
+    """A clinical-looking CT (anisotropic voxels, off-centre, not a cube) is put on the bundle's coarse grid first;
+    the result covers the bundle's cube around the CT's own centre, so it overlays the input in a viewer."""
+    sys.path.insert(0, str(APP_DIR))
+    try:
+        from lib.infers import CTDetailInfer
+    finally:
+        sys.path.remove(str(APP_DIR))
+    from monailabel.datastore.local import LocalDatastore
+
+    bundle = tmp_path / "ct_detail_refinement"
+    (bundle / "configs").mkdir(parents=True)
+    net = {"_target_": "torch.nn.ConvTranspose3d", "in_channels": 1, "out_channels": 1, "kernel_size": 2, "stride": 2}
+    config = dict(CT_REFINER_CONFIG, volume_size=16, scale_factor=2, cube_mm=320.0, network_def=net)
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    _save_fresh_weights(bundle)
+    x, y, z = np.meshgrid(np.arange(40), np.arange(36), np.arange(14), indexing="ij")
+    hu = np.where((x - 20) ** 2 + (y - 18) ** 2 + ((z - 7) * 2.5) ** 2 < 100, 60.0, -900.0).astype(np.float32)
+    affine = np.diag([6.0, 6.0, 15.0, 1.0])
+    affine[:3, 3] = [40.0, -120.0, -90.0]
+    nib.save(nib.Nifti1Image(hu, affine), str(tmp_path / "scan.nii.gz"))
+    store = LocalDatastore(str(tmp_path / "studies"), extensions=["*.nii.gz"])
+    task = CTDetailInfer(bundle, store, "cpu", [bundle / "models" / "model.pt"])
+    path, params = task({"image": str(tmp_path / "scan.nii.gz"), "refined_id": "scan_refined"})
+    out = nib.load(path)
+    assert out.shape == (16, 16, 16) and params["shape"] == [16, 16, 16]
+    np.testing.assert_allclose(out.header.get_zooms(), [20.0] * 3, rtol=1e-4)  # 320 mm / 16
+    centre_in = affine @ np.append((np.array(hu.shape) - 1) / 2, 1)
+    centre_out = out.affine @ np.append([7.5] * 3, 1)
+    np.testing.assert_allclose(centre_out[:3], centre_in[:3], atol=1.5)  # within the 1 mm resampling grid
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

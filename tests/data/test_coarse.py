@@ -66,3 +66,44 @@ def test_cascade_coarse_from_a_written_checkpoint(tmp_path):
     assert not torch.equal(t({"xray": torch.rand(2, 8, 8)})["image"], out)
     with pytest.raises(FileNotFoundError, match="cascade checkpoint"):
         CascadeCoarsed("xray", str(tmp_path / "none.pt"), args)
+
+
+def test_load_coarse_takes_a_cascade_output_as_it_is_and_resamples_any_other_ct(tmp_path):
+    from custom.data.coarse import LoadCoarseCTd
+    from custom.data.io import save_nifti
+    from custom.data.transforms import cube_affine, window_to_hu
+
+    truth = _ct(16)
+    hu = window_to_hu(truth)[0].numpy()
+    (tmp_path / "case7").mkdir()
+    save_nifti(hu, cube_affine(16, 320.0), tmp_path / "case7" / "ct.nii.gz")  # how the cascade writes its output
+    t = LoadCoarseCTd("coarse", "image", size=16, cube_mm=320.0, coarse_dir=str(tmp_path))
+    out = t({"case_id": "case7"})
+    assert out["image"].shape == (1, 16, 16, 16) and torch.allclose(out["image"], truth, atol=1e-5)
+    by_path = t({"coarse": str(tmp_path / "case7" / "ct.nii.gz")})
+    assert by_path["case_id"] == "case7" and torch.equal(by_path["image"], out["image"])  # named after its folder
+
+    # the same sphere as a clinical-looking CT: 32 slices of 10 mm, anisotropic, off the cube grid
+    import nibabel as nib
+    import numpy as np
+
+    c = np.linspace(-160, 160, 32)
+    zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
+    sphere = np.where(zz**2 + yy**2 + xx**2 < 0.5 * 160**2, 160.0, -160.0).astype(np.float32)
+    affine = np.diag([10.0, 10.0, 10.0, 1.0])
+    affine[:3, 3] = -155.0
+    nib.save(nib.Nifti1Image(sphere, affine), tmp_path / "patient_3.nii.gz")
+    other = t({"coarse": str(tmp_path / "patient_3.nii.gz")})
+    assert other["case_id"] == "patient_3" and other["image"].shape == (1, 16, 16, 16)
+    assert (other["image"] - truth).abs().mean() < 0.15  # same sphere on the refiner's grid
+
+
+def test_load_coarse_says_where_the_missing_coarse_ct_should_be(tmp_path):
+    from custom.data.coarse import LoadCoarseCTd
+
+    with pytest.raises(InputError, match="coarse_path"):
+        LoadCoarseCTd(size=16)({"case_id": "a"})
+    with pytest.raises(InputError, match=r"<coarse_dir>/a/ct.nii.gz.*inference.json"):
+        LoadCoarseCTd(size=16, coarse_dir=str(tmp_path))({"case_id": "a"})
+    with pytest.raises(InputError, match="no such file"):
+        LoadCoarseCTd(size=16)({"coarse": str(tmp_path / "missing.nii.gz")})

@@ -4,10 +4,13 @@ degrade and the frozen-cascade coarse sources, resume), evaluate and inference."
 import csv
 import json
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, run_cli
 
+from custom.errors import InputError
 from custom.networks import CascadeDenoiser
 
 BUNDLE = ROOT / "bundles" / "ct_detail_refinement"
@@ -99,6 +102,29 @@ def test_train_b_from_the_frozen_cascade_checkpoint(data):
     assert state["trainer"]["iteration"] > 0 and any(k.startswith("lift.") for k in state["model"])
 
 
+def test_train_b_from_coarse_ct_files_in_coarse_dir(data):
+    import shutil
+
+    datalist = json.loads((data / "prep" / "datalist.json").read_text())
+    coarse_dir = data / "coarse_files"
+    for case in datalist["training"] + datalist["validation"]:  # stand-ins for the cascade's ct.nii.gz outputs
+        (coarse_dir / case["case_id"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(data / "prep" / case["ct"], coarse_dir / case["case_id"] / "ct.nii.gz")
+    root = data / "bundle_b_files"
+    _run(
+        ["train.json", "train_variant_b.json"],
+        "train",
+        root,
+        dataset_dir=str(data / "prep"),
+        max_epochs=1,
+        coarse_source="file",
+        coarse_dir=str(coarse_dir),
+        **TINY_B,
+    )
+    state = torch.load(root / "runs" / "variant_b" / "checkpoint_final.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == len(datalist["training"])
+
+
 def test_evaluate_writes_the_coarse_vs_refined_table(trained_a, data):
     out = data / "eval_a"
     _run(
@@ -139,6 +165,7 @@ def test_inference_writes_the_seed_output_structure(trained_a, data, variant):
         dataset_dir=str(data / "prep"),
         ckpt_path=str(ckpt),
         output_dir=str(out),
+        coarse_source="degrade",
         **{k: v for k, v in tiny.items() if k != "num_workers"},
     )
     cases = json.loads((data / "prep" / "datalist.json").read_text())["test"]
@@ -149,6 +176,43 @@ def test_inference_writes_the_seed_output_structure(trained_a, data, variant):
     text = (out / "metrics.txt").read_text()
     assert f"cases with ground truth: {len(cases)}" in text and "refined" in text and "coarse" in text
     assert not list(out.rglob(".*.tmp*"))  # atomic writes leave no temporary files
+
+
+def test_inference_refines_a_coarse_ct_file_without_ground_truth(trained_a, data):
+    case = json.loads((data / "prep" / "datalist.json").read_text())["test"][0]
+    out = data / "infer_file"
+    _run(
+        ["inference.json"],
+        "infer",
+        data,
+        coarse_path=str(data / "prep" / case["ct"]),  # <case>/ct.nii.gz, as the cascade bundle writes its output
+        ckpt_path=str(trained_a / "runs" / "variant_a" / "model.pt"),
+        output_dir=str(out),
+        **{k: v for k, v in TINY_A.items() if k != "num_workers"},
+    )
+    folder = out / case["case_id"]
+    refined = nib.load(folder / "refined.nii.gz")
+    assert refined.shape == (TINY_A["volume_size"],) * 3 and (folder / "coarse.nii.gz").is_file()
+    assert not (folder / "ground_truth.nii.gz").exists() and "cases with ground truth: 0" in (
+        out / "metrics.txt"
+    ).read_text()
+    assert np.allclose(np.diag(refined.affine)[:3], 320.0 / TINY_A["volume_size"])
+    with pytest.raises(Exception) as err:
+        _run(
+            ["inference.json"],
+            "infer",
+            data,
+            coarse_path=str(data / "missing.nii.gz"),
+            ckpt_path=str(trained_a / "runs" / "variant_a" / "model.pt"),
+            output_dir=str(data / "infer_missing"),
+            **{k: v for k, v in TINY_A.items() if k != "num_workers"},
+        )
+    chain, e = [], err.value
+    while e is not None:  # the engine wraps the transform's error; the InputError is in the chain
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    assert any(isinstance(c, InputError) and "missing.nii.gz: no such file" in str(c) for c in chain)
+    assert not (data / "infer_missing").exists() or not list((data / "infer_missing").rglob("*.nii.gz"))
 
 
 def test_multi_gpu_config_runs_two_gloo_processes_with_rank_zero_logging(tmp_path):

@@ -29,7 +29,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from custom.data.ct import load_ct
 from custom.data.io import save_nifti, save_png
 from custom.data.refiner import make_channels
-from custom.data.transforms import cube_affine, hu_to_window, window_to_hu
+from custom.data.transforms import cube_affine, hu_to_window, preprocess_ct, window_to_hu
 from custom.data.xray import load_xray
 from custom.errors import InputError
 
@@ -380,6 +380,12 @@ class CTDetailInfer(BundleInferTask):
     applied to the whole volume), and ``models/model.pt``. A network that upsamples by whole factors gets the
     matching finer affine over the same field of view (:func:`output_affine`). The refined CT is added to the
     datastore as ``<image id>_refined`` (or ``refined_id`` from params).
+
+    A bundle trained on a fixed grid declares it with ``volume_size``, ``scale_factor`` and ``cube_mm`` (the
+    project's ct_detail_refinement does): its input is a ``volume_size // scale_factor``^3 grid over a ``cube_mm``
+    cube. A CT on any other grid (a clinical scan: 512 x 512 x 300 at 0.7 x 0.7 x 1 mm) is first resampled onto
+    that grid around its own centre (:func:`custom.data.transforms.preprocess_ct`), so the network sees what it
+    was trained on and the result still overlays the input in the viewer.
     """
 
     name = "ct_refiner"
@@ -401,6 +407,9 @@ class CTDetailInfer(BundleInferTask):
         ct = load_ct(request["image"])  # (1, X, Y, Z) HU; 2D files, non-HU data and corrupt files are refused
         parser = make_parser(self.bundle_config, self.bundle_dir)
         window = [float(w) for w in (parser.get_parsed_content("window") if "window" in parser else (-200, 200))]
+        if all(k in parser for k in ("volume_size", "scale_factor", "cube_mm")):
+            size = int(parser.get_parsed_content("volume_size")) // int(parser.get_parsed_content("scale_factor"))
+            ct = preprocess_ct(ct, size, float(parser.get_parsed_content("cube_mm")))
         inferer = parser.get_parsed_content("inferer", instantiate=True) if "inferer" in parser else None
         x = hu_to_window(torch.as_tensor(ct).float(), window)[None].to(self.network.device)
         net = self.network.get()
