@@ -1,6 +1,6 @@
-"""Coarse CT inputs for the detail refiners: degraded ground truth, or the frozen cascade stage's output.
+"""Coarse CT inputs for the detail refiners: degraded ground truth, the frozen cascade stage's output, or a file.
 
-Both are MONAI dictionary transforms on (1, S, S, S) CTs in window units ([-1, 1]) and write the coarse CT under
+All three are MONAI dictionary transforms on (1, S, S, S) CTs in window units ([-1, 1]) and write the coarse CT under
 ``output_key``:
 
 * :class:`DegradeCTd` trains the refiner alone: average the ground truth down by ``downsample`` ("area"), blur it
@@ -177,7 +177,9 @@ class CascadeCoarsed(MapTransform):
         xray = torch.as_tensor(d[key]).float()[None].to(self.device)
         out = self._inferer(xray, self._net)[0].clamp(-1.0, 1.0).cpu()
         if self.output_size is not None and self.output_size != out.shape[-1]:
-            out = torch.as_tensor(Resize((self.output_size,) * 3, mode="trilinear")(out))
+            # shrinking averages ("area"), as LoadCoarseCTd does with the same cascade output read from a file
+            mode = "area" if self.output_size < out.shape[-1] else "trilinear"
+            out = torch.as_tensor(Resize((self.output_size,) * 3, mode=mode)(out))
         d[self.output_key] = out.float()
         return d
 
@@ -195,10 +197,11 @@ def _case_from_path(path: Path) -> str:
 class LoadCoarseCTd(MapTransform):
     """Coarse CT from a file: load it (NIfTI or a DICOM series folder, in HU), put it on the refiner's grid, window it.
 
-    Whatever its grid, the CT is resampled onto the ``size``^3 grid over the ``cube_mm`` cube centred on the
-    isocentre, the grid the refiners and the cascade work on (:func:`custom.data.transforms.preprocess_ct`); a file
-    already on that grid, like the cascade bundle's ``ct.nii.gz``, is taken as it is. The output is (1, S, S, S)
-    in window units under ``output_key``.
+    Whatever its grid, the CT is resampled onto a ``size``^3 grid over a ``cube_mm`` cube around its own centre,
+    the grid the refiners and the cascade work on (:func:`custom.data.transforms.preprocess_ct`); a file already
+    on such a grid, like the cascade bundle's ``ct.nii.gz``, is taken as it is. The output is (1, S, S, S) in
+    window units under ``output_key``, and its affine (4, 4) under ``affine_key``, so that the refined CT is
+    written where the input lies (:class:`custom.engines.refinement.RefinementWriter`).
 
     Args:
         keys: the key holding the coarse CT's path (one key).
@@ -210,6 +213,8 @@ class LoadCoarseCTd(MapTransform):
             (the layout the cascade bundle's ``inference.json --output_dir coarse_dir`` writes).
         filename: the file name inside each case folder of ``coarse_dir``.
         iso_spacing: spacing (mm) a CT off the grid is resampled to before it is resized.
+        series_uid: the DICOM series to read when a folder holds several.
+        affine_key: key of the coarse CT's affine.
     """
 
     def __init__(
@@ -222,6 +227,8 @@ class LoadCoarseCTd(MapTransform):
         coarse_dir: str = "",
         filename: str = "ct.nii.gz",
         iso_spacing: float = 1.0,
+        series_uid: str | None = None,
+        affine_key: str = "coarse_affine",
     ):
         super().__init__(keys)
         if len(self.keys) != 1:
@@ -229,6 +236,7 @@ class LoadCoarseCTd(MapTransform):
         self.output_key, self.size, self.cube_mm = output_key, int(size), float(cube_mm)
         self.window, self.iso_spacing = tuple(float(w) for w in window), float(iso_spacing)
         self.coarse_dir, self.filename = str(coarse_dir or ""), str(filename)
+        self.series_uid, self.affine_key = series_uid or None, affine_key
 
     def _path(self, d: dict) -> Path:
         given = d.get(self.keys[0])
@@ -252,7 +260,24 @@ class LoadCoarseCTd(MapTransform):
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         path = self._path(d)
-        ct = preprocess_ct(load_ct(path), self.size, self.cube_mm, self.iso_spacing)
+        ct = preprocess_ct(load_ct(path, self.series_uid), self.size, self.cube_mm, self.iso_spacing)
         d[self.output_key] = hu_to_window(ct.float(), self.window)  # a MetaTensor, like the loaded ground truth
+        d[self.affine_key] = torch.as_tensor(np.asarray(ct.affine), dtype=torch.float64)
         d.setdefault("case_id", _case_from_path(path))
         return d
+
+
+def check_refiner_inputs(variant: str, coarse_path: str = "", frontal_path: str = "", lateral_path: str = "") -> None:
+    """Refuse an inference request from files that cannot run, before any file is read or written.
+
+    Variant B refines with the two X-rays, so a coarse CT given by path needs both views next to it (NIfTI
+    line-integral DRRs, as ``python -m custom prepare`` and ``drr`` write them); one view alone is refused for
+    either variant.
+    """
+    if bool(frontal_path) != bool(lateral_path):
+        raise InputError("give both --frontal_path and --lateral_path, or neither")
+    if coarse_path and str(variant).lower() == "b" and not frontal_path:
+        raise InputError(
+            "variant B refines with the two X-rays: give --frontal_path and --lateral_path (NIfTI DRRs) next to "
+            "--coarse_path, or use variant A (configs/inference.json alone), which needs only the coarse CT"
+        )

@@ -99,6 +99,21 @@ def cube_affine(size: int, cube_mm: float = 320.0):
     return affine
 
 
+def finer_affine(affine, in_shape: Sequence[int], out_shape: Sequence[int]):
+    """Affine of a volume that covers the same field of view as ``affine``'s grid, with whole ``out / in`` times
+    more voxels per axis: the spacing is divided by the factor and the first voxel centre moves half an output
+    voxel inside the input's first voxel (a super-resolution output overlays its input). ``in_shape`` and
+    ``out_shape`` are the three spatial sizes."""
+    import numpy as np
+
+    factors = [int(o) / int(i) for o, i in zip(out_shape, in_shape)]
+    if len(factors) != 3 or any(f < 1 or f != int(f) for f in factors):
+        raise ValueError(f"{tuple(out_shape)} is not a whole-number upsampling of {tuple(in_shape)}")
+    scale = np.diag([1 / f for f in factors] + [1.0])
+    scale[:3, 3] = [(1 / f - 1) / 2 for f in factors]
+    return np.asarray(affine, dtype=np.float64) @ scale
+
+
 def preprocess_ct(ct, size: int = 128, cube_mm: float = 320.0, iso_spacing: float = 1.0):
     """Apply :func:`ct_geometry_transform` to a loaded CT; returns a (1, size, size, size) MetaTensor in HU."""
     if _already_on_grid(ct, size, cube_mm):

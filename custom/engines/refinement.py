@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ignite.engine import Events
 
 from ..data.io import atomic_path, save_nifti, save_png, save_report
-from ..data.transforms import cube_affine, window_to_hu
+from ..data.transforms import cube_affine, finer_affine, window_to_hu
 from ..data.visualize import ct_slices_display, hstack, vstack
 from ..networks.filters import gradient_magnitude_3d
 from .evaluation import case_metrics
@@ -122,17 +122,22 @@ class RefinementWriter:
     def __call__(self, engine) -> None:
         items = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         for i, item in enumerate(items):
-            name = _case_name(_item(engine.state.batch, i), self.count)
+            info = _item(engine.state.batch, i)
+            name = _case_name(info, self.count)
             self.count += 1
-            self.add_case(name, item["image"], item["pred"], item.get("label"))
+            self.add_case(name, item["image"], item["pred"], item.get("label"), info.get("coarse_affine"))
 
     def _hu(self, x) -> torch.Tensor:
         x = torch.as_tensor(x).detach().float().cpu()
         x = x.reshape(x.shape[-3:])
         return window_to_hu(x, self.window) if self.units == "window" else x
 
-    def add_case(self, name: str, coarse, refined, gt=None) -> None:
-        """Score one case (volumes in ``units``) and write its files."""
+    def add_case(self, name: str, coarse, refined, gt=None, coarse_affine=None) -> None:
+        """Score one case (volumes in ``units``) and write its files.
+
+        ``coarse_affine``: where the coarse CT lies (a coarse CT read from a file); the refined CT gets the affine
+        that covers the same field of view. Without it, both lie on the ``cube_mm`` cube centred on the origin.
+        """
         refined, coarse = self._hu(refined), self._hu(coarse)
         if gt is not None:
             if torch.as_tensor(gt).numel() != refined.numel():
@@ -150,14 +155,13 @@ class RefinementWriter:
         lo, hi = self.window
         if self.save_volumes:
             note = f"HU clipped to [{lo:g},{hi:g}]"
-            save_nifti(
-                coarse.numpy(), cube_affine(coarse.shape[-1], self.cube_mm), folder / "coarse.nii.gz", description=note
-            )
-            save_nifti(
-                refined.numpy(), cube_affine(size[-1], self.cube_mm), folder / "refined.nii.gz", description=note
-            )
+            if coarse_affine is None:
+                coarse_affine = cube_affine(coarse.shape[-1], self.cube_mm)
+            coarse_affine = np.asarray(torch.as_tensor(coarse_affine).cpu(), dtype=np.float64).reshape(4, 4)
+            affine = finer_affine(coarse_affine, coarse.shape, size)
+            save_nifti(coarse.numpy(), coarse_affine, folder / "coarse.nii.gz", description=note)
+            save_nifti(refined.numpy(), affine, folder / "refined.nii.gz", description=note)
             if gt is not None:
-                affine = cube_affine(size[-1], self.cube_mm)
                 save_nifti(gt.numpy(), affine, folder / "ground_truth.nii.gz", description=note)
         if self.save_figures:
             save_png(comparison_image(coarse_up, refined, gt, self.window), folder / f"{name}_comparison.png")

@@ -83,23 +83,33 @@ def test_load_coarse_takes_a_cascade_output_as_it_is_and_resamples_any_other_ct(
     by_path = t({"coarse": str(tmp_path / "case7" / "ct.nii.gz")})
     assert by_path["case_id"] == "case7" and torch.equal(by_path["image"], out["image"])  # named after its folder
 
-    # the same sphere as a clinical-looking CT: 32 slices of 10 mm, anisotropic, off the cube grid
+    # the same sphere as a clinical-looking CT: anisotropic voxels (8 x 8 x 16 mm), not a cube, and off-centre
     import nibabel as nib
     import numpy as np
 
-    c = np.linspace(-160, 160, 32)
-    zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
-    sphere = np.where(zz**2 + yy**2 + xx**2 < 0.5 * 160**2, 160.0, -160.0).astype(np.float32)
-    affine = np.diag([10.0, 10.0, 10.0, 1.0])
-    affine[:3, 3] = -155.0
-    nib.save(nib.Nifti1Image(sphere, affine), tmp_path / "patient_3.nii.gz")
+    x, y, z = np.meshgrid(np.arange(44) * 8.0, np.arange(40) * 8.0, np.arange(20) * 16.0, indexing="ij")
+    cx, cy, cz = 43 * 4.0, 39 * 4.0, 19 * 8.0  # the volume's centre, mm
+    sphere = np.where((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 < 0.5 * 160**2, 160.0, -160.0)
+    affine = np.diag([8.0, 8.0, 16.0, 1.0])
+    affine[:3, 3] = [70.0 - cx, -40.0 - cy, 25.0 - cz]  # volume centre at (70, -40, 25) mm
+    nib.save(nib.Nifti1Image(sphere.astype(np.float32), affine), tmp_path / "patient_3.nii.gz")
     other = t({"coarse": str(tmp_path / "patient_3.nii.gz")})
     assert other["case_id"] == "patient_3" and other["image"].shape == (1, 16, 16, 16)
-    assert (other["image"] - truth).abs().mean() < 0.15  # same sphere on the refiner's grid
+    assert (other["image"] - truth).abs().mean() < 0.15  # the same sphere, now on the refiner's grid
+    out_affine = other["coarse_affine"].numpy()
+    np.testing.assert_allclose(np.diag(out_affine)[:3], [20.0] * 3, rtol=1e-5)
+    np.testing.assert_allclose((out_affine @ np.append([7.5] * 3, 1))[:3], [70.0, -40.0, 25.0], atol=1.0)
 
 
 def test_load_coarse_says_where_the_missing_coarse_ct_should_be(tmp_path):
-    from custom.data.coarse import LoadCoarseCTd
+    from custom.data.coarse import LoadCoarseCTd, check_refiner_inputs
+
+    with pytest.raises(InputError, match="variant B refines with the two X-rays"):
+        check_refiner_inputs("b", "coarse.nii.gz")
+    with pytest.raises(InputError, match="both"):
+        check_refiner_inputs("a", "coarse.nii.gz", frontal_path="f.nii.gz")
+    check_refiner_inputs("a", "coarse.nii.gz")
+    check_refiner_inputs("b", "coarse.nii.gz", "f.nii.gz", "l.nii.gz")
 
     with pytest.raises(InputError, match="coarse_path"):
         LoadCoarseCTd(size=16)({"case_id": "a"})

@@ -178,41 +178,59 @@ def test_inference_writes_the_seed_output_structure(trained_a, data, variant):
     assert not list(out.rglob(".*.tmp*"))  # atomic writes leave no temporary files
 
 
+def _input_errors(excinfo) -> list:
+    chain, e = [], excinfo.value
+    while e is not None:  # the engine wraps the transform's error; the InputError is in the chain
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return [str(c) for c in chain if isinstance(c, InputError)]
+
+
 def test_inference_refines_a_coarse_ct_file_without_ground_truth(trained_a, data):
     case = json.loads((data / "prep" / "datalist.json").read_text())["test"][0]
+    src = nib.load(data / "prep" / case["ct"])
+    affine = src.affine.copy()
+    affine[:3, 3] += [50.0, -30.0, 20.0]  # a CT that is not centred on the origin must come back where it was
+    (data / "shifted" / case["case_id"]).mkdir(parents=True)
+    path = data / "shifted" / case["case_id"] / "ct.nii.gz"  # <case>/ct.nii.gz, as the cascade writes its output
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj, dtype=np.float32), affine), str(path))
     out = data / "infer_file"
-    _run(
-        ["inference.json"],
-        "infer",
-        data,
-        coarse_path=str(data / "prep" / case["ct"]),  # <case>/ct.nii.gz, as the cascade bundle writes its output
-        ckpt_path=str(trained_a / "runs" / "variant_a" / "model.pt"),
-        output_dir=str(out),
-        **{k: v for k, v in TINY_A.items() if k != "num_workers"},
-    )
+    tiny = {k: v for k, v in TINY_A.items() if k != "num_workers"}
+    ckpt = str(trained_a / "runs" / "variant_a" / "model.pt")
+    _run(["inference.json"], "infer", data, coarse_path=str(path), ckpt_path=ckpt, output_dir=str(out), **tiny)
     folder = out / case["case_id"]
     refined = nib.load(folder / "refined.nii.gz")
-    assert refined.shape == (TINY_A["volume_size"],) * 3 and (folder / "coarse.nii.gz").is_file()
-    assert not (folder / "ground_truth.nii.gz").exists() and "cases with ground truth: 0" in (
-        out / "metrics.txt"
-    ).read_text()
-    assert np.allclose(np.diag(refined.affine)[:3], 320.0 / TINY_A["volume_size"])
+    n = TINY_A["volume_size"]
+    assert refined.shape == (n,) * 3 and (folder / "coarse.nii.gz").is_file()
+    assert not (folder / "ground_truth.nii.gz").exists()
+    assert "cases with ground truth: 0" in (out / "metrics.txt").read_text()
+    np.testing.assert_allclose(refined.header.get_zooms(), [320.0 / n] * 3, rtol=1e-5)
+    centre = lambda img: (img.affine @ np.append((np.array(img.shape) - 1) / 2, 1))[:3]  # noqa: E731
+    # within the 1 mm grid the CT is resampled on when it is shrunk
+    np.testing.assert_allclose(centre(refined), centre(src) + [50.0, -30.0, 20.0], atol=1.0)
+
     with pytest.raises(Exception) as err:
         _run(
             ["inference.json"],
             "infer",
             data,
             coarse_path=str(data / "missing.nii.gz"),
-            ckpt_path=str(trained_a / "runs" / "variant_a" / "model.pt"),
+            ckpt_path=ckpt,
             output_dir=str(data / "infer_missing"),
-            **{k: v for k, v in TINY_A.items() if k != "num_workers"},
+            **tiny,
         )
-    chain, e = [], err.value
-    while e is not None:  # the engine wraps the transform's error; the InputError is in the chain
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    assert any(isinstance(c, InputError) and "missing.nii.gz: no such file" in str(c) for c in chain)
-    assert not (data / "infer_missing").exists() or not list((data / "infer_missing").rglob("*.nii.gz"))
+    assert any("missing.nii.gz: no such file" in m for m in _input_errors(err))
+    assert not list(data.glob("infer_missing/**/*.nii.gz"))
+    with pytest.raises(Exception) as err:
+        _run(
+            ["inference.json", "inference_variant_b.json"],
+            "infer",
+            data,
+            coarse_path=str(path),
+            output_dir=str(data / "infer_b_no_xrays"),
+            **{k: v for k, v in TINY_B.items() if k != "num_workers"},
+        )
+    assert any("variant B refines with the two X-rays" in m for m in _input_errors(err))
 
 
 def test_multi_gpu_config_runs_two_gloo_processes_with_rank_zero_logging(tmp_path):

@@ -29,7 +29,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from custom.data.ct import load_ct
 from custom.data.io import save_nifti, save_png
 from custom.data.refiner import make_channels
-from custom.data.transforms import cube_affine, hu_to_window, preprocess_ct, window_to_hu
+from custom.data.transforms import cube_affine, finer_affine, hu_to_window, preprocess_ct, window_to_hu
 from custom.data.xray import load_xray
 from custom.errors import InputError
 
@@ -90,9 +90,7 @@ def output_affine(affine: np.ndarray, in_shape, out_shape) -> np.ndarray:
             f"the CT refiner returned shape {out_shape} for an input of (1, 1, {in_shape}); expected "
             "the same grid or a whole-number upsampling of it"
         )
-    scale = np.diag([1 / f for f in factors] + [1.0])
-    scale[:3, 3] = [(1 / f - 1) / 2 for f in factors]
-    return affine @ scale
+    return finer_affine(affine, in_shape[-3:], out_shape[-3:])
 
 
 class BundleInferTask(InferTask):
@@ -373,7 +371,7 @@ class XRayToCTInfer(BundleInferTask):
 
 
 class CTDetailInfer(BundleInferTask):
-    """CT detail refinement: a CT in HU in, the refined CT in HU out, on the input's grid or a finer one.
+    """CT detail refinement: a CT in HU in, the refined CT in HU out, over the input's field of view.
 
     The bundle interface used: ``configs/inference.json`` with ``network_def`` (a 3D network, one channel in and
     out, in window units), optionally ``window`` (default [-200, 200] HU) and ``inferer`` (default: the network
