@@ -186,7 +186,7 @@ class CascadeCoarsed(MapTransform):
 
 # file names that say nothing about the case: the case is then named after the folder (``<case>/ct.nii.gz`` is how
 # the cascade bundle's inference writes its outputs)
-_GENERIC_STEMS = {"ct", "coarse", "refined", "image", "volume"}
+_GENERIC_STEMS = {"ct", "coarse", "refined", "image", "volume", "frontal", "lateral"}
 
 
 def _case_from_path(path: Path) -> str:
@@ -281,3 +281,13 @@ def check_refiner_inputs(variant: str, coarse_path: str = "", frontal_path: str 
             "variant B refines with the two X-rays: give --frontal_path and --lateral_path (NIfTI DRRs) next to "
             "--coarse_path, or use variant A (configs/inference.json alone), which needs only the coarse CT"
         )
+
+
+def file_inputs(coarse_path: str = "", frontal_path: str = "", lateral_path: str = "") -> list[dict]:
+    """The one-case data list of an inference run from files, named after the coarse CT (or the frontal X-ray):
+    its file name, or its folder's for generic names like ``<case>/ct.nii.gz``."""
+    item = {k: str(v) for k, v in (("coarse", coarse_path), ("frontal", frontal_path), ("lateral", lateral_path)) if v}
+    if not item:
+        raise InputError("no input files: give --coarse_path, or --frontal_path and --lateral_path")
+    item["case_id"] = _case_from_path(Path(coarse_path or frontal_path))
+    return [item]

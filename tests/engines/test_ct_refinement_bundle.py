@@ -233,6 +233,38 @@ def test_inference_refines_a_coarse_ct_file_without_ground_truth(trained_a, data
     assert any("variant B refines with the two X-rays" in m for m in _input_errors(err))
 
 
+def test_inference_b_from_the_two_xrays_runs_the_cascade_then_the_refiner(data):
+    """X-rays in, refined CT out in one command: variant B's coarse input is the frozen cascade on the same views."""
+    from monai.bundle import ConfigParser
+
+    case = json.loads((data / "prep" / "datalist.json").read_text())["test"][0]
+    tiny = {k: v for k, v in TINY_B.items() if k != "num_workers"}
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "inference_variant_b.json")])
+    parser.update(tiny)
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), data / "b_xrays.pt")
+    torch.save({"model": CascadeDenoiser(**CASCADE).state_dict()}, data / "cascade_xrays.pt")
+    out = data / "infer_b_xrays"
+    _run(
+        ["inference.json", "inference_variant_b.json"],
+        "infer",
+        data,
+        frontal_path=str(data / "prep" / case["frontal"]),
+        lateral_path=str(data / "prep" / case["lateral"]),
+        ckpt_path=str(data / "b_xrays.pt"),
+        cascade_checkpoint=str(data / "cascade_xrays.pt"),
+        cascade_network=CASCADE,
+        cascade_num_inference_steps=2,
+        cascade_num_samples=1,
+        output_dir=str(out),
+        **tiny,
+    )
+    folder = out / case["case_id"]  # named after the X-rays' folder
+    assert nib.load(folder / "refined.nii.gz").shape == (TINY_B["volume_size"],) * 3
+    assert (folder / "coarse.nii.gz").is_file() and not (folder / "ground_truth.nii.gz").exists()
+
+
 def test_multi_gpu_config_runs_two_gloo_processes_with_rank_zero_logging(tmp_path):
     import os
     import re
