@@ -24,7 +24,9 @@ def _run(configs, data_dir, out_dir, cwd, torchrun=False, extra=()):
     cmd = launcher + ["-m", "monai.bundle", "run", "--config_file", files, *args, *extra]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # a failing rank's own error comes first and is buried under the other rank's and torchrun's tracebacks
+    errors = [line for line in proc.stderr.splitlines() if re.search(r"(Error|Exception|Timeout)\b", line)]
+    assert proc.returncode == 0, "\n".join(errors[:20]) + "\n...\n" + proc.stderr[-2000:]
     return proc.stdout + proc.stderr
 
 
