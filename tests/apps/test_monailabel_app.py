@@ -335,31 +335,42 @@ def test_incomplete_bundles_are_left_out_and_start_up_touches_no_network(data, t
     assert "'ct_refiner' is not served" in log and "does not exist" in log
 
 
-def test_an_upsampling_ct_refiner_gets_a_finer_affine_over_the_same_field_of_view(data, tmp_path):
-    """The colleague's bundle may upsample (super-resolution): the result must cover the input's field of view."""
+UPSAMPLE_2X = {
+    "_target_": "torch.nn.ConvTranspose3d",
+    "in_channels": 1,
+    "out_channels": 1,
+    "kernel_size": 2,
+    "stride": 2,
+}
+
+
+def _ct_refiner_task(tmp_path, network_def: dict, **config):
+    """CTDetailInfer over a bundle made of CT_REFINER_CONFIG with ``network_def``, fresh weights and a datastore."""
     sys.path.insert(0, str(APP_DIR))
     try:
-        from lib.infers import CTDetailInfer, output_affine
+        from lib.infers import CTDetailInfer
     finally:
         sys.path.remove(str(APP_DIR))
     from monailabel.datastore.local import LocalDatastore
 
     bundle = tmp_path / "ct_detail_refinement"
     (bundle / "configs").mkdir(parents=True)
-    config = dict(
-        CT_REFINER_CONFIG,
-        network_def={
-            "_target_": "torch.nn.ConvTranspose3d",
-            "in_channels": 1,
-            "out_channels": 1,
-            "kernel_size": 2,
-            "stride": 2,
-        },
+    (bundle / "configs" / "inference.json").write_text(
+        json.dumps(dict(CT_REFINER_CONFIG, network_def=network_def, **config))
     )
-    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
     _save_fresh_weights(bundle)
     store = LocalDatastore(str(tmp_path / "studies"), extensions=["*.nii.gz"])
-    task = CTDetailInfer(bundle, store, "cpu", [bundle / "models" / "model.pt"])
+    return CTDetailInfer(bundle, store, "cpu", [bundle / "models" / "model.pt"]), store
+
+
+def test_an_upsampling_ct_refiner_gets_a_finer_affine_over_the_same_field_of_view(data, tmp_path):
+    """The colleague's bundle may upsample (super-resolution): the result must cover the input's field of view."""
+    sys.path.insert(0, str(APP_DIR))
+    try:
+        from lib.infers import output_affine
+    finally:
+        sys.path.remove(str(APP_DIR))
+    task, store = _ct_refiner_task(tmp_path, UPSAMPLE_2X)
     path, params = task({"image": str(data["ct"]), "refined_id": "fine"})
     out, src = nib.load(path), nib.load(data["ct"])
     assert out.shape == tuple(2 * s for s in src.shape) and params["shape"] == list(out.shape)
@@ -376,26 +387,12 @@ def test_an_upsampling_ct_refiner_gets_a_finer_affine_over_the_same_field_of_vie
 def test_a_ct_refiner_trained_on_a_grid_gets_any_ct_resampled_onto_it(data, tmp_path):
     """A clinical-looking CT (anisotropic voxels, off-centre, not a cube) is put on the bundle's coarse grid first;
     the result covers the bundle's cube around the CT's own centre, so it overlays the input in a viewer."""
-    sys.path.insert(0, str(APP_DIR))
-    try:
-        from lib.infers import CTDetailInfer
-    finally:
-        sys.path.remove(str(APP_DIR))
-    from monailabel.datastore.local import LocalDatastore
-
-    bundle = tmp_path / "ct_detail_refinement"
-    (bundle / "configs").mkdir(parents=True)
-    net = {"_target_": "torch.nn.ConvTranspose3d", "in_channels": 1, "out_channels": 1, "kernel_size": 2, "stride": 2}
-    config = dict(CT_REFINER_CONFIG, volume_size=16, scale_factor=2, cube_mm=320.0, network_def=net)
-    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
-    _save_fresh_weights(bundle)
+    task, _ = _ct_refiner_task(tmp_path, UPSAMPLE_2X, volume_size=16, scale_factor=2, cube_mm=320.0)
     x, y, z = np.meshgrid(np.arange(40), np.arange(36), np.arange(14), indexing="ij")
     hu = np.where((x - 20) ** 2 + (y - 18) ** 2 + ((z - 7) * 2.5) ** 2 < 100, 60.0, -900.0).astype(np.float32)
     affine = np.diag([6.0, 6.0, 15.0, 1.0])
     affine[:3, 3] = [40.0, -120.0, -90.0]
     nib.save(nib.Nifti1Image(hu, affine), str(tmp_path / "scan.nii.gz"))
-    store = LocalDatastore(str(tmp_path / "studies"), extensions=["*.nii.gz"])
-    task = CTDetailInfer(bundle, store, "cpu", [bundle / "models" / "model.pt"])
     path, params = task({"image": str(tmp_path / "scan.nii.gz"), "refined_id": "scan_refined"})
     out = nib.load(path)
     assert out.shape == (16, 16, 16) and params["shape"] == [16, 16, 16]

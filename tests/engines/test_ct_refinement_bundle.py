@@ -81,24 +81,32 @@ def test_train_a_writes_checkpoints_and_resumes(trained_a, data):
     assert wf.parser.get_parsed_content("train#trainer").state.epoch == 3
 
 
-def test_train_b_from_the_frozen_cascade_checkpoint(data):
-    torch.manual_seed(0)
-    net = CascadeDenoiser(**CASCADE)
-    torch.save({"model": net.state_dict()}, data / "cascade.pt")  # a tiny, randomly initialised cascade stage
-    root = data / "bundle_b"
+def _train_b_one_epoch(root, data, **overrides) -> dict:
+    """Variant B's train.json + train_variant_b.json for one tiny epoch; returns the final checkpoint."""
     _run(
         ["train.json", "train_variant_b.json"],
         "train",
         root,
         dataset_dir=str(data / "prep"),
         max_epochs=1,
+        **overrides,
+        **TINY_B,
+    )
+    return torch.load(root / "runs" / "variant_b" / "checkpoint_final.pt", weights_only=True)
+
+
+def test_train_b_from_the_frozen_cascade_checkpoint(data):
+    torch.manual_seed(0)
+    net = CascadeDenoiser(**CASCADE)
+    torch.save({"model": net.state_dict()}, data / "cascade.pt")  # a tiny, randomly initialised cascade stage
+    state = _train_b_one_epoch(
+        data / "bundle_b",
+        data,
         coarse_source="cascade",
         cascade_checkpoint=str(data / "cascade.pt"),
         cascade_network=CASCADE,
         cascade_num_inference_steps=2,
-        **TINY_B,
     )
-    state = torch.load(root / "runs" / "variant_b" / "checkpoint_final.pt", weights_only=True)
     assert state["trainer"]["iteration"] > 0 and any(k.startswith("lift.") for k in state["model"])
 
 
@@ -110,18 +118,7 @@ def test_train_b_from_coarse_ct_files_in_coarse_dir(data):
     for case in datalist["training"] + datalist["validation"]:  # stand-ins for the cascade's ct.nii.gz outputs
         (coarse_dir / case["case_id"]).mkdir(parents=True, exist_ok=True)
         shutil.copy(data / "prep" / case["ct"], coarse_dir / case["case_id"] / "ct.nii.gz")
-    root = data / "bundle_b_files"
-    _run(
-        ["train.json", "train_variant_b.json"],
-        "train",
-        root,
-        dataset_dir=str(data / "prep"),
-        max_epochs=1,
-        coarse_source="file",
-        coarse_dir=str(coarse_dir),
-        **TINY_B,
-    )
-    state = torch.load(root / "runs" / "variant_b" / "checkpoint_final.pt", weights_only=True)
+    state = _train_b_one_epoch(data / "bundle_b_files", data, coarse_source="file", coarse_dir=str(coarse_dir))
     assert state["trainer"]["iteration"] == len(datalist["training"])
 
 
