@@ -20,9 +20,11 @@ import torch
 from monai.bundle import ConfigParser
 from timing import sync, timed
 
-from custom.diffusion import DDIMSampler, cosine_alpha_bar
-from custom.engines.diffusion import CascadeDiffusionTrainer, DRRConsistencyLoss
-from custom.engines.memory import estimate_step_bytes
+from custom.xray2ct.ddim import DDIMSampler
+from custom.xray2ct.losses import DRRConsistencyLoss
+from custom.xray2ct.memory import estimate_step_bytes
+from custom.xray2ct.schedule import cosine_alpha_bar
+from custom.xray2ct.trainer import CascadeDiffusionTrainer
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "xray2ct_cascade_diffusion" / "configs"
 STAGE_FILES = {1: ["train.json"], 2: ["train.json", "train_stage2.json"], 3: ["train.json", "train_stage3.json"]}

@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from custom.data.phantom import chest_phantom
-from custom.physics import DRRProjector, get_geometry, hu_to_mu
-from custom.physics.geometry import detector_axes, source_direction
+from custom.core.physics import DRRProjector, get_geometry, hu_to_mu
+from custom.core.physics.geometry import detector_axes, source_direction
+from custom.datasets.phantom import chest_phantom
 
 
 def best_time(fn, repeats: int) -> float:

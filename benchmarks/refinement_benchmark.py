@@ -21,8 +21,9 @@ import sys
 import torch
 from timing import timed
 
-from custom.losses import DetailRefinementLoss, SuperResolutionLoss
-from custom.networks import DetailRefiner, SuperResolutionRefiner
+from custom.ct_refinement.detail_refiner import DetailRefiner
+from custom.ct_refinement.losses import DetailRefinementLoss, SuperResolutionLoss
+from custom.ct_refinement.super_resolution import SuperResolutionRefiner
 
 SIZES = {
     "seed": {

@@ -7,12 +7,12 @@ docs/images/real_ct.png: the same for the real chest CT (data/sample/cxr.nii.gz)
 import sys
 from pathlib import Path
 
-from custom.data.ct import load_ct
-from custom.data.io import save_png
-from custom.data.phantom import chest_phantom
-from custom.data.transforms import preprocess_ct
-from custom.data.visualize import ct_slices_display, hstack, vstack, xray_display
-from custom.physics import DRR, get_geometry
+from custom.core.ct import load_ct
+from custom.core.io import save_png
+from custom.core.physics import DRR, get_geometry
+from custom.core.transforms import preprocess_ct
+from custom.core.visualize import ct_slices_display, hstack, vstack, xray_display
+from custom.datasets.phantom import chest_phantom
 
 
 def row(hu, geo):

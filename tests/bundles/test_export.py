@@ -34,8 +34,8 @@ def test_export_is_reproducible_and_complete(bundle, tmp_path):
     names = zipfile.ZipFile(first).namelist()
     for rel in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "LICENSE", "docs/README.md"):
         assert f"{bundle}/{rel}" in names
-    assert f"{bundle}/configs/drr_geometry.json" in names  # read by custom.physics at run time
-    assert f"{bundle}/custom/physics/projector.py" in names
+    assert f"{bundle}/configs/drr_geometry.json" in names  # read by custom.core.physics at run time
+    assert f"{bundle}/custom/core/physics/projector.py" in names
     assert not [n for n in names if "__pycache__" in n or "/runs/" in n or n.endswith(".pyc")]
 
 
@@ -75,7 +75,7 @@ def _isolated_env():
 
 
 def _refiner_case(tmp_path):
-    from custom.data.refiner import generate_source
+    from custom.mask_refiner.data import generate_source
 
     src = generate_source(tmp_path / "src", n_patients=1, n_controls=0, width=64, seed=5, heights=(70, 90))
     args = ["--image_path", src / "images" / "patient_000.png"]

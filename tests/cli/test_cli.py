@@ -10,8 +10,8 @@ import pytest
 from conftest import run_cli, write_dicom_series, write_nifti
 from PIL import Image
 
-from custom.data.phantom import phantom_affine
-from custom.physics import get_geometry
+from custom.core.physics import get_geometry
+from custom.datasets.phantom import phantom_affine
 
 
 def assert_clean_error(proc, *fragments):
@@ -28,7 +28,7 @@ def assert_clean_error(proc, *fragments):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Input files shared by the tests of this module."""
-    from custom.data.phantom import chest_phantom
+    from custom.datasets.phantom import chest_phantom
 
     d = tmp_path_factory.mktemp("inputs")
     write_nifti(d / "phantom.nii.gz", chest_phantom(seed=1, size=32).numpy(), affine=phantom_affine(32))

@@ -1,5 +1,0 @@
-"""Tools that act on whole bundles: standalone export."""
-
-from .export import bundle_entries, export_bundle
-
-__all__ = ["bundle_entries", "export_bundle"]

@@ -1,0 +1,309 @@
+"""Turn a folder of CTs (NIfTI files, DICOM series) into a MONAI datalist of CT + biplanar DRR cases.
+
+Per case, in ``OUT/cases/<case_id>/``: ``ct.nii.gz`` (HU at ``size``^3 over a ``cube_mm`` cube, int16),
+``frontal.nii.gz`` and ``lateral.nii.gz`` (DRR line integrals, see :mod:`custom.core.physics`), ``preview.png`` and
+``case.json`` (settings and provenance). The CT is stored in HU, not windowed: the window is a training setting
+(one config key of the bundle), so changing it must not require preparing the data again.
+
+Runs are resumable and idempotent: a case is built in a hidden temporary folder and renamed into place when
+complete, so a crash leaves no half-written case, and a re-run skips cases whose ``case.json`` records the same
+settings. ``shard="I/N"`` processes every N-th case, so several processes or cluster nodes can share a collection;
+the datalist (``datalist.json``: ``training``/``validation``/``test`` split by patient with a seeded shuffle) is
+written by whichever run finds every case done, or by ``merge=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from custom.core.ct import _is_nifti, _maybe_dicom, _series_headers
+from custom.core.errors import InputError
+from custom.core.io import save_json
+
+SPLITS = ("training", "validation", "test")
+IGNORED_FOLDERS = {"labels", "label", "masks", "mask", "segmentations"}
+FORMAT_VERSION = 2  # 2: area downsizing; CT affine centred on the isocentre
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    patient_id: str
+    path: str
+    series_uid: str | None = None
+
+
+def _case_id(rel: Path) -> str:
+    name = re.sub(r"\.nii(\.gz)?$", "", str(rel.as_posix()), flags=re.I)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "__", name).strip("_") or "case"
+
+
+def find_cases(source) -> list[Case]:
+    """NIfTI files and CT DICOM series under ``source`` (a folder or one file), sorted by case id.
+
+    The patient of a case is the first folder below ``source`` (LIDC-IDRI style ``PATIENT/study/series``) or, for
+    files directly in ``source``, the file name; DICOM PatientID wins when present. Folders named ``labels``,
+    ``masks`` or ``segmentations`` are skipped.
+    """
+    src = Path(os.fspath(source)).expanduser()
+    if not src.exists():
+        raise InputError(f"{src}: no such file or folder")
+    if src.is_file():
+        if not _is_nifti(src):
+            raise InputError(f"{src}: give a NIfTI file or a folder of CTs")
+        return [Case(_case_id(Path(src.name)), _case_id(Path(src.name)), str(src))]
+    cases = []
+    dicom_dirs = set()
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src)
+        if any(part.lower() in IGNORED_FOLDERS or part.startswith(".") for part in rel.parts):
+            continue
+        if p.is_file() and _is_nifti(p):
+            patient = rel.parts[0] if len(rel.parts) > 1 else _case_id(Path(p.name))
+            cases.append(Case(_case_id(rel), _case_id(Path(patient)), str(p)))
+        elif p.parent not in dicom_dirs and _maybe_dicom(p):
+            dicom_dirs.add(p.parent)
+    for d in sorted(dicom_dirs):
+        rel = d.relative_to(src)
+        series = {
+            uid: items
+            for uid, items in _series_headers(d).items()
+            if str(getattr(items[0][1], "Modality", "CT")) == "CT"
+        }
+        for n, (uid, items) in enumerate(sorted(series.items())):
+            patient = str(getattr(items[0][1], "PatientID", "") or (rel.parts[0] if rel.parts else d.name))
+            cid = _case_id(rel if rel.parts else Path(d.name)) + (f"__s{n}" if len(series) > 1 else "")
+            cases.append(Case(cid, _case_id(Path(patient)), str(d), uid))
+    if not cases:
+        raise InputError(f"{src}: no NIfTI files or CT DICOM series found")
+    ids = [c.case_id for c in cases]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"{src}: two inputs map to the same case id; rename one of them")
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+def assign_splits(patients, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1) -> dict:
+    """Seeded patient-level split; at least one training patient, validation/test only when there are enough."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise InputError(f"val_fraction + test_fraction must be below 1, got {val_fraction} and {test_fraction}")
+    pats = sorted(set(patients))
+    order = np.random.default_rng(seed).permutation(len(pats))
+    n_test = int(round(test_fraction * len(pats)))
+    n_val = int(round(val_fraction * len(pats)))
+    if n_test + n_val >= len(pats):
+        n_test, n_val = max(0, min(n_test, len(pats) - 1)), 0
+    split = {}
+    for rank, i in enumerate(order):
+        split[pats[i]] = "test" if rank < n_test else "validation" if rank < n_test + n_val else "training"
+    return split
+
+
+def _settings(size, detector_size, geometry, cube_mm, iso_spacing, mu_water) -> dict:
+    from custom.core.physics import get_geometry
+
+    geo = get_geometry(geometry, detector_size or size)
+    return {
+        "format_version": FORMAT_VERSION,
+        "size": int(size),
+        "cube_mm": float(cube_mm),
+        "iso_spacing": float(iso_spacing),
+        "geometry_name": str(geometry),
+        "geometry": geo.to_dict(),
+        "views": {"frontal": 0.0, "lateral": 90.0},
+        "mu_water": float(mu_water),
+        "ct_units": "HU",
+        "drr_units": "line integral of mu (dimensionless)",
+    }
+
+
+def _case_done(case_dir: Path, settings: dict) -> bool:
+    meta = case_dir / "case.json"
+    if not meta.is_file():
+        return False
+    try:
+        with open(meta) as f:
+            return json.load(f).get("settings") == settings
+    except (OSError, ValueError):
+        return False
+
+
+def _build_case(case: Case, cases_dir: str, settings: dict, threads: int) -> tuple[str, str | None]:
+    """Build one case; returns (case_id, error message or None). Runs in worker processes."""
+    import torch
+
+    from custom.core.ct import load_ct
+    from custom.core.io import save_json as _save_json
+    from custom.core.io import save_nifti, save_png
+    from custom.core.physics import DRR, ProjectionGeometry
+    from custom.core.transforms import cube_affine, preprocess_ct
+    from custom.core.visualize import ct_slices_display, hstack, xray_display
+    from custom.core.xray import save_xray
+
+    torch.set_num_threads(max(1, threads))
+    final = Path(cases_dir) / case.case_id
+    tmp = Path(tempfile.mkdtemp(prefix=f".{case.case_id}.", suffix=".tmp", dir=cases_dir))
+    try:
+        ct = load_ct(case.path, series_uid=case.series_uid)
+        hu = preprocess_ct(ct, settings["size"], settings["cube_mm"], settings["iso_spacing"])
+        geo = ProjectionGeometry(**settings["geometry"])
+        with torch.no_grad():
+            drr = DRR(geo, ("frontal", "lateral"), settings["mu_water"])(hu[None])[0]
+        # centred on the origin like the DRR isocentre and every reconstruction, so they overlay in a viewer
+        affine = cube_affine(settings["size"], settings["cube_mm"])
+        save_nifti(hu[0].numpy(), affine, tmp / "ct.nii.gz", dtype=np.int16, description="CT in HU")
+        save_xray(drr[0], geo, tmp / "frontal.nii.gz")
+        save_xray(drr[1], geo, tmp / "lateral.nii.gz")
+        preview = hstack(ct_slices_display(hu[0]) + [xray_display(drr[0]), xray_display(drr[1])], height=192)
+        save_png(preview, tmp / "preview.png")
+        _save_json(
+            {
+                "case_id": case.case_id,
+                "patient_id": case.patient_id,
+                "source": case.path,
+                "series_uid": case.series_uid,
+                "settings": settings,
+                "source_spacing": [float(s) for s in ct.pixdim[:3]],
+                "source_shape": [int(s) for s in ct.shape[1:]],
+            },
+            tmp / "case.json",
+        )
+        if final.exists():
+            shutil.rmtree(final)  # stale settings: replaced by the complete new case
+        os.replace(tmp, final)
+        return case.case_id, None
+    except InputError as e:
+        return case.case_id, str(e)
+    except Exception as e:  # one unreadable case must not stop a 1000-case run; it is reported at the end
+        return case.case_id, f"{type(e).__name__}: {e}"
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _parse_shard(shard) -> tuple[int, int]:
+    if isinstance(shard, (tuple, list)) and len(shard) == 2:
+        i, n = shard
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(shard))
+        if not m:
+            raise InputError(f"shard must look like I/N (e.g. 0/4), got {shard!r}")
+        i, n = int(m.group(1)), int(m.group(2))
+    if not (n >= 1 and 0 <= i < n):
+        raise InputError(f"shard I/N needs 0 <= I < N, got {i}/{n}")
+    return int(i), int(n)
+
+
+def write_datalist(out_dir: Path, cases: list[Case], split_of: dict, settings: dict) -> dict:
+    out = {s: [] for s in SPLITS}
+    for c in cases:
+        rel = f"cases/{c.case_id}"
+        out[split_of[c.patient_id]].append(
+            {
+                "case_id": c.case_id,
+                "patient_id": c.patient_id,
+                "ct": f"{rel}/ct.nii.gz",
+                "frontal": f"{rel}/frontal.nii.gz",
+                "lateral": f"{rel}/lateral.nii.gz",
+            }
+        )
+    out["settings"] = settings
+    save_json(out, out_dir / "datalist.json")
+    return out
+
+
+def prepare_dataset(
+    source,
+    out_dir,
+    size: int = 128,
+    detector_size: int | None = None,
+    geometry: str = "x2ctgan",
+    cube_mm: float = 320.0,
+    iso_spacing: float = 1.0,
+    mu_water: float | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split: str = "auto",
+    num_workers: int = 1,
+    shard="0/1",
+    merge: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Prepare ``source`` into ``out_dir``; returns a summary dict (see module docstring)."""
+    from tqdm.auto import tqdm
+
+    from custom.core.physics import MU_WATER_70KEV
+
+    if out_dir is None or str(out_dir).strip() == "":
+        raise InputError("give an output folder (out_dir)")
+    if split not in ("auto",) + SPLITS:
+        raise InputError(f"split must be 'auto' or one of {SPLITS}, got {split!r}")
+    if int(num_workers) < 1:
+        raise InputError(f"num_workers must be >= 1, got {num_workers}")
+    i_shard, n_shard = _parse_shard(shard)
+    out_dir = Path(os.fspath(out_dir)).expanduser()
+    cases_dir = out_dir / "cases"
+    cases_dir.mkdir(parents=True, exist_ok=True)
+    settings = _settings(size, detector_size, geometry, cube_mm, iso_spacing, mu_water or MU_WATER_70KEV)
+    cases = find_cases(source)
+    if split == "auto":
+        split_of = assign_splits([c.patient_id for c in cases], seed, val_fraction, test_fraction)
+    else:
+        split_of = {c.patient_id: split for c in cases}
+
+    mine = [c for n, c in enumerate(cases) if n % n_shard == i_shard]
+    todo = [] if merge else [c for c in mine if not _case_done(cases_dir / c.case_id, settings)]
+    failed = {}
+    threads = max(1, (os.cpu_count() or 1) // int(num_workers))
+    bar = tqdm(total=len(todo), desc=f"prepare {i_shard}/{n_shard}", unit="case", disable=not progress)
+    if int(num_workers) == 1:
+        for c in todo:
+            cid, err = _build_case(c, str(cases_dir), settings, threads)
+            if err:
+                failed[cid] = err
+            bar.update()
+    elif todo:
+        try:
+            with ProcessPoolExecutor(int(num_workers), mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(_build_case, c, str(cases_dir), settings, threads) for c in todo]
+                for fut in as_completed(futures):
+                    cid, err = fut.result()
+                    if err:
+                        failed[cid] = err
+                    bar.update()
+        except BrokenProcessPool:
+            raise InputError(
+                "a worker process died (out of memory? try fewer --num_workers); finished cases are kept, "
+                "run the same command again to continue"
+            ) from None
+    bar.close()
+
+    done = [c for c in cases if _case_done(cases_dir / c.case_id, settings)]
+    missing = [c.case_id for c in cases if c not in done and c.case_id not in failed]
+    summary = {
+        "cases": len(cases),
+        "this_shard": len(mine),
+        "built": len(todo) - len(failed),
+        "skipped_done": len(mine) - len(todo) if not merge else 0,
+        "failed": failed,
+        "missing_other_shards": missing,
+        "datalist": None,
+    }
+    if failed:
+        save_json(failed, out_dir / f"failed.shard-{i_shard}-of-{n_shard}.json")
+    if not missing and done:
+        write_datalist(out_dir, done, split_of, settings)
+        summary["datalist"] = str(out_dir / "datalist.json")
+        summary["split_counts"] = {s: sum(split_of[c.patient_id] == s for c in done) for s in SPLITS}
+    return summary

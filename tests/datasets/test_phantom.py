@@ -1,0 +1,96 @@
+"""Procedural chest phantoms: determinism, realistic HU, canonical grid, resumable writing."""
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from custom.datasets.phantom import chest_phantom, phantom_affine, write_phantoms
+
+
+@pytest.fixture(scope="module")
+def phantom64():
+    return chest_phantom(seed=0, size=64).numpy()
+
+
+def test_same_seed_same_volume_different_seed_different():
+    a = chest_phantom(seed=5, size=16)
+    b = chest_phantom(seed=5, size=16)
+    c = chest_phantom(seed=6, size=16)
+    assert a.shape == (16, 16, 16) and a.dtype == torch.float32 and a.is_contiguous()
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert (a - c).abs().mean() > 5  # different anatomy, not just different noise
+
+
+def test_noise_is_only_inside_the_body(small_phantom):
+    quiet = chest_phantom(seed=1, size=32, noise_hu=0.0)
+    diff = small_phantom - quiet
+    body = quiet > -500
+    assert 10 < float(diff[body].std()) < 14  # noise_hu = 12 by default
+    assert diff[:2, :2].abs().max() < 0.01 and diff[-2:, -2:].abs().max() < 0.01  # air far from the body
+
+
+def test_hu_realism(phantom64):
+    v = phantom64
+    assert v.shape == (64, 64, 64)
+    assert v.min() >= -1024 and v.max() <= 3071
+    # air outside the body: the corners of every axial slice (the torso is an elliptic cylinder)
+    corners = v[[0, 0, -1, -1], [0, -1, 0, -1], :]
+    assert np.allclose(corners, -1000.0, atol=1.0)
+    # lungs
+    lung = v[(v > -950) & (v < -700)]
+    assert lung.size > 0.05 * v.size
+    assert -900 < np.median(lung) < -800
+    # bone (vertebrae, ribs, sternum) and soft tissue near 40 HU
+    assert np.count_nonzero(v > 300) > 500
+    soft = v[(v > 0) & (v < 100)]
+    assert soft.size > 0.05 * v.size
+    assert 20 < np.median(soft) < 60
+    # the body is mostly not air: the centre slice has a body mask larger than a third of the slice
+    assert np.count_nonzero(v[:, :, 32] > -900) > 64 * 64 / 3
+
+
+def test_anatomy_is_on_ras_axes(phantom64):
+    """Spine posterior (low y index), heart anterior; lungs left and right of the midline."""
+    v = phantom64
+    mid = v[28:36, :, 24:40]
+    bone_y = np.nonzero((mid > 500).any(axis=(0, 2)))[0]
+    assert np.median(bone_y) < 32  # spine behind the centre: y axis runs to anterior
+    lungs = (v > -950) & (v < -700)
+    right, left = lungs[32:].sum(), lungs[:32].sum()  # x axis runs to the patient's right
+    assert min(right, left) > 0.6 * max(right, left)
+
+
+def test_phantom_affine():
+    a = phantom_affine(64)
+    np.testing.assert_allclose(np.diag(a)[:3], [5.0, 5.0, 5.0])
+    np.testing.assert_allclose(a @ np.array([31.5, 31.5, 31.5, 1.0]), [0, 0, 0, 1], atol=1e-9)
+    assert nib.aff2axcodes(a) == ("R", "A", "S")
+
+
+def test_too_small_size_is_rejected():
+    with pytest.raises(ValueError, match="at least 8"):
+        chest_phantom(0, 4)
+
+
+def test_write_phantoms_writes_int16_hu_and_resumes(tmp_path):
+    first = write_phantoms(tmp_path, count=2, size=8, seed=10, progress=False)
+    assert [p.name for p in first] == ["phantom_00010.nii.gz", "phantom_00011.nii.gz"]
+    img = nib.load(str(first[0]))
+    assert img.get_data_dtype() == np.int16
+    np.testing.assert_allclose(img.affine, phantom_affine(8))
+    np.testing.assert_allclose(np.asarray(img.dataobj), np.rint(chest_phantom(10, 8).numpy()), atol=0)
+    # age the files: a second call must not rewrite them
+    old = 1_000_000_000
+    for p in first:
+        os.utime(p, (old, old))
+    contents = [p.read_bytes() for p in first]
+    second = write_phantoms(tmp_path, count=3, size=8, seed=10, progress=False)
+    assert second[:2] == first and second[2].name == "phantom_00012.nii.gz"
+    assert [p.stat().st_mtime for p in first] == [old, old]
+    assert [p.read_bytes() for p in first] == contents
+    assert second[2].stat().st_mtime > old
+    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in second]  # no temporary files
