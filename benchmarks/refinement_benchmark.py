@@ -3,7 +3,7 @@
     python benchmarks/refinement_benchmark.py --size seed --repeats 3
     python benchmarks/refinement_benchmark.py --size shipped
 
-``seed``: the seeds' sizes (variant A 64^3 -> 256^3, 2.0 M parameters; variant B 64^3, 5.1 M parameters, 64 px
+``seed``: the design sizes (variant A 64^3 -> 256^3, 2.0 M parameters; variant B 64^3, 5.1 M parameters, 64 px
 X-rays). ``shipped``: the reduced sizes of the bundle's configs and weights (A 16^3 -> 64^3 with channels
 32/16/8; B 64^3 with channels 16/32/64 and 64 px X-rays). A training step is the bundle's loss (perceptual term
 off) with backward and an AdamW step, batch 1, AMP on CUDA; best of ``--repeats`` after a warm-up. Peak memory:

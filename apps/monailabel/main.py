@@ -7,6 +7,11 @@ App settings (``--conf KEY VALUE``):
 - ``models``: comma-separated models to serve (default: every model whose bundle has its config and weights).
 - ``model_dir``: where fine-tuned weights are kept (default: ``model/`` in this app folder).
 - ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (default: ``cuda`` when available).
+- ``cors_origins``: comma-separated browser origins allowed to call the server, e.g. a viewer's
+  ``http://localhost:3000`` (default: none; ``MONAI_LABEL_CORS_ORIGINS`` adds to them).
+
+What the server refuses (ids that are not plain names, server paths as images, malformed ``params``, other web
+sites' pages) is checked in ``lib/guards.py``; README.md lists it.
 
 A bundle whose folder or ``models/model.pt`` is missing is left out with a warning in the log, never served with
 untrained weights; restart the server once the weights are in place.
@@ -14,6 +19,7 @@ untrained weights; restart the server once the weights are in place.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -21,9 +27,21 @@ from pathlib import Path
 import torch
 from fastapi import HTTPException
 from lib.bundles import missing_parts
+from lib.guards import (
+    IMAGE_HINT,
+    REQUEST_FILES,
+    CheckedLocalDatastore,
+    allowed_origins,
+    check_id,
+    configure_cors,
+    install_http_guards,
+)
 from lib.infers import CTDetailInfer, MaskRefinerInfer, XRayToCTInfer
 from lib.trainers import MaskRefinerTrain
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.utils.others.generic import handle_torch_linalg_multithread, remove_file
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +65,7 @@ class XRayCTApp(MONAILabelApp):
         if unknown:
             raise ValueError(f"--conf models: unknown model(s) {unknown}; choose from {sorted(MODELS)}")
         self.device = conf.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.cors_origins = allowed_origins(conf.get("cors_origins"), settings.MONAI_LABEL_CORS_ORIGINS)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -54,6 +73,21 @@ class XRayCTApp(MONAILabelApp):
             name="X-ray to CT bundles",
             description="Mask refiner, biplanar X-ray to CT reconstruction and CT detail refinement",
             version="0.1.0",
+        )
+        if install_http_guards():  # inside a running server
+            from monailabel.app import app as server
+
+            configure_cors(server, self.cors_origins)
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            # remote stores (DICOMweb, XNAT, DSA) stay monailabel's; the HTTP guards still refuse ids that are not names
+            return super().init_datastore()
+        return CheckedLocalDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
 
     def _weights(self, model: str) -> list[Path]:
@@ -87,21 +121,72 @@ class XRayCTApp(MONAILabelApp):
             raise HTTPException(404, f"no {kind} model {model!r} on this server (available: {names})")
 
     def infer(self, request, datastore=None):
-        request = dict(request)
+        """MONAILabelApp.infer, except for what the image may be.
+
+        The image is a datastore id, or a file monailabel's endpoint received with this very request
+        (:data:`REQUEST_FILES`); a client's string is never taken for a server path, and the answer to a path does
+        not depend on whether it exists. MONAILabelApp.infer would read any existing path, relative to the server's
+        working folder too, which is why this does not call it.
+        """
+        request = copy.deepcopy(dict(request))
+        sent = REQUEST_FILES.get()
+        # the endpoint removes its temporary copies of the uploads only after a successful answer
+        uploads = [request.get(k) for k, up in (("image", sent.image), ("label", sent.label)) if up and request.get(k)]
+        try:
+            return self._infer(request, sent, datastore or self.datastore())
+        except BaseException:
+            for path in uploads:
+                remove_file(path)
+            raise
+
+    def _infer(self, request, sent, datastore):
         model = request.get("model")
         self._known("inference", model, self._infers)
+        task = self._infers[model]
         image = request.get("image")
-        if isinstance(image, str):
-            if not image:
-                raise HTTPException(400, "no image given: pass a datastore image id or upload a file")
-            if not os.path.exists(image):  # a datastore id, not an uploaded file
-                if not (datastore or self.datastore()).get_image_uri(image):
-                    raise HTTPException(404, f"no image with id {image!r} in the datastore")
-                request["image_id"] = image
-        if model in GENERATORS:
-            request["save_label"] = False
-        return super().infer(request, datastore)
+        if not image:
+            raise HTTPException(400, f"no image given: {IMAGE_HINT}")
+        if request.get("label") and not sent.label:
+            raise HTTPException(400, "a label must be uploaded with the request, not named")
+        image_id = None
+        if not (sent.image or (sent.session and request.get("session"))):
+            image_id = check_id(image, "image", IMAGE_HINT)
+            path = datastore.get_image_uri(image_id)
+            if not path or not os.path.isfile(path):
+                raise HTTPException(404, f"no image with id {image_id!r} in the datastore")
+            request["image"], request["image_id"] = path, image_id
+        save_label = bool(request.get("save_label")) and image_id is not None and model not in GENERATORS
+        tag = request.get("label_tag", DefaultLabelTag.ORIGINAL.value)
+        if save_label:
+            check_id(tag, "label_tag")
+        request["save_label"] = save_label
+        request["description"] = task.description
+
+        if self._infers_threadpool:
+
+            def run(t, r):
+                handle_torch_linalg_multithread(r)
+                return t(r)
+
+            result_file, params = self._infers_threadpool.submit(run, task, request).result(
+                request.get("timeout", settings.MONAI_LABEL_INFER_TIMEOUT)
+            )
+        else:
+            result_file, params = task(request)
+        label = result_file
+        if save_label and result_file and os.path.exists(result_file):
+            label = datastore.save_label(image_id, result_file, tag, {"model": model, "params": params})
+        return {"label": label, "tag": DefaultLabelTag.ORIGINAL, "file": result_file, "params": params}
+
+    def infer_wsi(self, request, datastore=None):
+        raise HTTPException(404, "this app offers no whole-slide inference: use POST /infer/<model>")
+
+    def check_train(self, request) -> None:
+        """HTTP 4xx now for a train request that would fail: unknown model, bad params, nothing to train on."""
+        model = request.get("model")
+        self._known("training", model, self._trainers)
+        self._trainers[model].check(request, self.datastore())
 
     def train(self, request):
-        self._known("training", request.get("model"), self._trainers)
+        self.check_train(request)
         return super().train(request)

@@ -3,10 +3,11 @@
 Geometry (:func:`ct_geometry_transform`): canonical RAS orientation, isotropic resampling, crop/pad to a physical
 cube (320 mm by default, as X2CT-GAN) and resize to ``size`` voxels per side.
 
-Intensity: the HU window of the cascade (seed 003 fix #4). ``[lo, hi]`` HU is clipped and mapped linearly to
-[-1, 1]; :func:`window_to_hu` is its exact inverse on the window. Both exist as MONAI transforms (for configs)
-and as plain differentiable torch functions (for losses and metrics). The window is deliberately one value passed
-everywhere; nothing here hard-codes [-200, 200].
+Intensity: the HU window of the cascade ([-200, 200] HU, a soft-tissue window: the full [-1000, 3000] range would
+squeeze soft tissue into a sliver of [-1, 1]). ``[lo, hi]`` HU is clipped and mapped linearly to [-1, 1];
+:func:`window_to_hu` is its exact inverse on the window. Both exist as MONAI transforms (for configs) and as plain
+differentiable torch functions (for losses and metrics). The window is deliberately one value passed everywhere;
+nothing here hard-codes [-200, 200].
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from monai.transforms import (
     Orientation,
     Resize,
     ResizeWithPadOrCrop,
-    ScaleIntensityRange,
-    ScaleIntensityRanged,
     Spacing,
 )
 
@@ -50,20 +49,6 @@ def window_to_hu(x: torch.Tensor, window: Sequence[float] = DEFAULT_WINDOW, clip
     if clip:
         x = x.clamp(-1.0, 1.0)
     return (x + 1.0) * ((hi - lo) / 2.0) + lo
-
-
-def window_transform(window: Sequence[float] = DEFAULT_WINDOW, keys=None):
-    """MONAI transform (dictionary one if ``keys``) for :func:`hu_to_window`."""
-    lo, hi = _window(window)
-    if keys is not None:
-        return ScaleIntensityRanged(keys=keys, a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True)
-    return ScaleIntensityRange(a_min=lo, a_max=hi, b_min=-1.0, b_max=1.0, clip=True)
-
-
-def inverse_window_transform(window: Sequence[float] = DEFAULT_WINDOW):
-    """MONAI transform for :func:`window_to_hu`."""
-    lo, hi = _window(window)
-    return ScaleIntensityRange(a_min=-1.0, a_max=1.0, b_min=lo, b_max=hi, clip=True)
 
 
 def ct_geometry_transform(size: int = 128, cube_mm: float = 320.0, iso_spacing: float = 1.0) -> Compose:

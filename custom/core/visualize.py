@@ -58,3 +58,16 @@ def vstack(rows: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
         if n < len(rows) - 1:
             out.append(np.zeros((gap, width), dtype=np.uint8))
     return np.concatenate(out, axis=0)
+
+
+def titled(panel: np.ndarray, titles: Sequence[str], widths: Sequence[int], gap: int = 4) -> np.ndarray:
+    """``panel`` with a row of column titles on top; ``widths`` are the columns' widths in pixels (gaps between)."""
+    from PIL import Image, ImageDraw
+
+    bar = Image.new("L", (panel.shape[1], 16), 0)
+    draw = ImageDraw.Draw(bar)
+    x = 0
+    for title, w in zip(titles, widths):
+        draw.text((x + 2, 2), title, fill=255)
+        x += w + gap
+    return vstack([np.asarray(bar), panel])

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.transforms import MapTransform
 
 from custom.core.errors import InputError
 from custom.core.physics.geometry import ProjectionGeometry
@@ -32,11 +33,6 @@ RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "RF", "XA", "MG", "PX", "OT")
 def line_integral_to_input(p: torch.Tensor) -> torch.Tensor:
     """Fixed map from DRR line integrals to network inputs, ``p / 8``: the same for data and physics losses."""
     return p / LINE_INTEGRAL_SCALE
-
-
-def input_to_line_integral(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`line_integral_to_input`."""
-    return x * LINE_INTEGRAL_SCALE
 
 
 def _meta_tensor(arr: np.ndarray, spacing, path: Path, extra: dict) -> MetaTensor:
@@ -235,9 +231,10 @@ def check_view_pair(frontal: torch.Tensor, lateral: torch.Tensor, line_integrals
             )
 
 
-class LoadXRayd:
+class LoadXRayd(MapTransform):
     """Dictionary transform: read the radiographs of ``keys`` and turn them into network inputs on the detector grid.
 
+    The one path from an X-ray file to network input, for training, inference, evaluation and the MONAI Label app.
     NIfTI files are taken as this project's DRRs (line integrals; only :func:`line_integral_to_input` is applied);
     DICOM and PNG radiographs are clinical images whose processing is unknown, so their range is matched to the
     DRRs' (:func:`match_drr_range`). The result of each key is a (1, N, N) float tensor; ``<key>_meta`` keeps the
@@ -249,31 +246,34 @@ class LoadXRayd:
         size: detector pixels per side the network expects.
         check_views: refuse a frontal/lateral pair that looks swapped or taken from two different bodies
             (:func:`check_view_pair`).
+        allow_missing_keys: skip absent or empty keys instead of refusing them (networks without X-ray input).
     """
 
-    def __init__(self, keys, geometry="x2ctgan", size: int = 64, check_views: bool = True):
+    def __init__(self, keys, geometry="x2ctgan", size: int = 64, check_views: bool = True, allow_missing_keys=False):
         from custom.core.physics import get_geometry
 
+        super().__init__(keys, allow_missing_keys)
         self.check_views = bool(check_views)
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
         geo = get_geometry(geometry) if isinstance(geometry, str) else geometry
         self.geometry = geo.resized(int(size))
 
     def __call__(self, data: dict) -> dict:
         out = dict(data)
-        for key in self.keys:
-            if key not in data or data[key] in (None, ""):
-                raise InputError(f"no {key} X-ray given; set {key} (a DICOM, PNG or NIfTI file)")
+        present = [k for k in self.keys if data.get(k) not in (None, "")]
+        if not self.allow_missing_keys:
+            for key in self.keys:
+                if key not in present:
+                    raise InputError(f"no {key} X-ray given; set {key} (a DICOM, PNG or NIfTI file)")
+        for key in present:
             path = str(data[key])
-            img = load_xray(path)
-            det = to_detector(img, self.geometry)
+            det = to_detector(load_xray(path), self.geometry)
             drr = path.lower().endswith((".nii", ".nii.gz"))
             out[key] = line_integral_to_input(det) if drr else match_drr_range(det)
             out[f"{key}_meta"] = {"filename_or_obj": path, "range_matched": not drr}
-        shapes = {tuple(out[k].shape) for k in self.keys}
-        if len(shapes) != 1:
+        shapes = {tuple(out[k].shape) for k in present}
+        if len(shapes) > 1:
             raise InputError(f"the X-rays have different shapes after resampling: {shapes}")
-        if self.check_views and set(self.keys) >= {"frontal", "lateral"}:
+        if self.check_views and set(present) >= {"frontal", "lateral"}:
             line_integrals = not (out["frontal_meta"]["range_matched"] or out["lateral_meta"]["range_matched"])
             check_view_pair(out["frontal"], out["lateral"], line_integrals)
         return out

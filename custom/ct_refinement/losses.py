@@ -1,4 +1,4 @@
-"""Losses of the two CT detail refiners (seeds 000 and 001), on CTs in window units ([-1, 1]).
+"""Losses of the two CT detail refiners (variants A and B), on CTs in window units ([-1, 1]).
 
 Each loss is a weighted sum of named terms and keeps the unweighted value of every term of the last call in
 ``.last`` (for :class:`custom.core.handlers.LossComponentsLogger`). A term whose weight is 0 is not computed.
@@ -31,7 +31,9 @@ def high_frequency_weight(shape, cutoff: float = 0.1, sharpness: float = 10.0, d
 
 
 def frequency_loss(pred: torch.Tensor, target: torch.Tensor, cutoff: float = 0.1, sharpness: float = 10.0):
-    """Mean |w(f) (FFT(pred) - FFT(target))| over the spectrum, high frequencies weighted up (seed 001).
+    """Mean |w(f) (FFT(pred) - FFT(target))| over the spectrum, high frequencies weighted up.
+
+    The weighting makes the loss pay for the fine detail (edges, small vessels) that a voxel-wise L1 lets blur.
 
     Orthonormal FFT, so the figure is on the scale of voxel differences; ``rfftn`` holds every independent
     coefficient of a real volume once (up to the mirrored last axis).
@@ -91,15 +93,16 @@ class _WeightedLoss(nn.Module):
 
 
 class SuperResolutionLoss(_WeightedLoss):
-    """Loss of :class:`custom.ct_refinement.super_resolution.SuperResolutionRefiner` (seed 000).
+    """Loss of :class:`custom.ct_refinement.super_resolution.SuperResolutionRefiner` (variant A).
 
-    ``l1 * L1 + ssim * (1 - SSIM) + perceptual * P + edge * L1(Sobel) + multiscale * MS`` with seed weights
-    1.0, 2.0, 0.1, 0.1, 0.5. ``pred`` is the network's output: one (B, C, rD, rD, rD) tensor, or the list of its
-    outputs at every scale, finest first (training mode); the full-resolution terms use the first. MS is the mean
-    L1 of the coarser outputs against the target averaged down ("area") to their size.
+    ``l1 * L1 + ssim * (1 - SSIM) + perceptual * P + edge * L1(Sobel) + multiscale * MS`` with default weights
+    1.0, 2.0, 0.1, 0.1, 0.5 (SSIM weighted highest, to optimize structural similarity directly; Sobel edges for
+    sharp boundaries; MS keeps the scales consistent). ``pred`` is the network's output: one (B, C, rD, rD, rD)
+    tensor, or the list of its outputs at every scale, finest first (training mode); the full-resolution terms use
+    the first. MS is the mean L1 of the coarser outputs against the target averaged down ("area") to their size.
 
     Args:
-        weights: term weights, overriding the seed's.
+        weights: term weights, overriding the defaults.
         ssim_win_size: Gaussian window of the 3D SSIM (at most the smallest side).
         data_range: intensity range of the inputs (2 for window units).
         perceptual_weights: local ResNet-50 state-dict file for the perceptual term ("" = term off).
@@ -140,17 +143,19 @@ class SuperResolutionLoss(_WeightedLoss):
 
 
 class DetailRefinementLoss(_WeightedLoss):
-    """Loss of :class:`custom.ct_refinement.detail_refiner.DetailRefiner` (seed 001).
+    """Loss of :class:`custom.ct_refinement.detail_refiner.DetailRefiner` (variant B).
 
     ``l1 * L1 + frequency * F + gradient * L1(Laplacian) + perceptual * P + consistency * L1(pred, coarse)`` with
-    seed weights 1.0, 0.5, 0.3, 0.2, 0.1; F is :func:`frequency_loss` (weight ``sigmoid(10 (|f| - 0.1))``).
+    default weights 1.0, 0.5, 0.3, 0.2, 0.1; F is :func:`frequency_loss` (weight ``sigmoid(10 (|f| - 0.1))``). F and
+    the Laplacian term pay for lost detail; the consistency term keeps the refiner near the coarse anatomy, so it
+    sharpens rather than invents.
 
     ``target`` is (B, 1, D, D, D), the ground truth, or (B, 2, D, D, D): ground truth and the coarse input (the
     label layout of the bundle's training data), which the consistency term needs; with one channel that term is
     skipped.
 
     Args:
-        weights: term weights, overriding the seed's.
+        weights: term weights, overriding the defaults.
         cutoff, sharpness: the high-pass weight of the frequency term (cycles per voxel).
         perceptual_weights, perceptual_key: as :class:`SuperResolutionLoss`.
     """

@@ -1,4 +1,4 @@
-"""Variant A of the CT detail refinement (seed 000): residual super-resolution of a coarse CT, e.g. 64^3 -> 256^3.
+"""Variant A of the CT detail refinement: residual super-resolution of a coarse CT, e.g. 64^3 -> 256^3.
 
 Input: the coarse CT (B, C, D, D, D) in window units ([-1, 1], see :func:`custom.core.transforms.hu_to_window`).
 Output: (B, C, rD, rD, rD) with r = ``scale_factor``: the coarse CT upsampled trilinearly plus
@@ -33,7 +33,7 @@ class SuperResolutionRefiner(nn.Module):
         scale_factor: r, a power of 2 (4: 64^3 -> 256^3).
         channels: feature channels per scale, coarsest first; ``log2(r) + 1`` entries.
         num_blocks: ``SEResBlock`` count per scale, same length as ``channels``.
-        residual_scale: factor of the learned correction (0.1 in seed 000).
+        residual_scale: factor of the learned correction (0.1 by default: small corrections to a sound base).
         se_reduction: squeeze ratio of the channel attention.
         deep_supervision: in training mode, return the outputs of every scale (finest first).
     """

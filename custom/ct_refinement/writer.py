@@ -1,11 +1,10 @@
 """Evaluation and outputs of the CT detail refiners: coarse vs refined, per case and in summary.
 
-Metric convention (:data:`custom.core.metrics.REFINEMENT_CONVENTION`): everything in HU clipped to the window
-(default [-200, 200]); PSNR with the window width as data range (400 HU); 3D SSIM (MONAI ``SSIMMetric``, Gaussian window 7, same data range); MAE in
-HU; sharpness = mean Sobel gradient magnitude of the volume divided by that of the ground truth (1 = as sharp as
-the truth, below 1 = blurrier). Methods: ``refined`` (the network), ``coarse`` (its input, nearest-neighbour
-upsampled to the ground truth's size when smaller, i.e. the coarse voxels as they are) and ``trilinear`` (the
-coarse input upsampled trilinearly; only when the coarse input is smaller than the output, variant A).
+Metrics follow :data:`custom.core.metrics.REFINEMENT_CONVENTION` (HU clipped to the window, PSNR with the window
+width as data range, 3D SSIM, MAE in HU, sharpness ratio to the truth). Methods: ``refined`` (the network),
+``coarse`` (its input, nearest-neighbour upsampled to the ground truth's size when smaller, i.e. the coarse voxels
+as they are) and ``trilinear`` (the coarse input upsampled trilinearly; only when the coarse input is smaller than
+the output).
 """
 
 from __future__ import annotations

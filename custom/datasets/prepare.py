@@ -143,7 +143,6 @@ def _build_case(case: Case, cases_dir: str, settings: dict, threads: int) -> tup
     import torch
 
     from custom.core.ct import load_ct
-    from custom.core.io import save_json as _save_json
     from custom.core.io import save_nifti, save_png
     from custom.core.physics import DRR, ProjectionGeometry
     from custom.core.transforms import cube_affine, preprocess_ct
@@ -166,7 +165,7 @@ def _build_case(case: Case, cases_dir: str, settings: dict, threads: int) -> tup
         save_xray(drr[1], geo, tmp / "lateral.nii.gz")
         preview = hstack(ct_slices_display(hu[0]) + [xray_display(drr[0]), xray_display(drr[1])], height=192)
         save_png(preview, tmp / "preview.png")
-        _save_json(
+        save_json(
             {
                 "case_id": case.case_id,
                 "patient_id": case.patient_id,

@@ -1,12 +1,12 @@
-"""Mask-refiner data (seed 004): a generator of realistic stand-in data and the dataset setup.
+"""Mask-refiner data: a generator of realistic stand-in data and the dataset setup.
 
-``generate_source`` writes what a coarse segmentation pipeline would leave behind (the seed's ``postprocess_dir``):
+``generate_source`` writes what a coarse segmentation pipeline would leave behind (its post-processing folder):
 ``images/<pid>.png`` (16-bit image slice), ``labels/<pid>.png`` (ground-truth mask), ``<pid>_probabilities.npy``
 (2, H, W) coarse softmax, ``comprehensive_splits.json`` and ``patient_dice_scores.json``. Lesions vary in size,
 contrast and count; the coarse segmenter is deliberately imperfect (blur, shift, erosion/dilation, missed and false
 lesions, with a per-patient severity) so that coarse Dice spreads from poor to good; control images have no lesion.
 
-``setup_dataset`` turns such a folder into the refiner layout: per patient ``softmax.npz``, ``petmr.npy``,
+``setup_dataset`` turns such a folder into the refiner layout: per patient ``softmax.npz``, ``image.npy``,
 ``entropy.npy``, ``distance.npy``, ``y_coord.npy``, ``mask.png`` and one ``refiner_splits.json`` with hardness.
 """
 
@@ -22,7 +22,10 @@ from scipy import ndimage
 from custom.core.errors import InputError
 from custom.core.io import atomic_path, save_json, save_png
 
-CHANNELS = ("softmax_bg", "softmax_fg", "petmr", "entropy", "distance", "y_coord")
+CHANNELS = ("softmax_bg", "softmax_fg", "image", "entropy", "distance", "y_coord")
+# Probability above which a pixel is foreground: makes the coarse mask from the coarse map and the refined mask
+# from the network's sigmoid, in training, validation, inference, the app and evaluation alike.
+MASK_THRESHOLD = 0.5
 
 
 def make_channels(prob_fg: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -42,7 +45,7 @@ def make_channels(prob_fg: np.ndarray, image: np.ndarray) -> np.ndarray:
     h, w = p.shape
     y = np.repeat((np.arange(h, dtype=np.float32) / max(h - 1, 1))[:, None], w, 1)
     img = img / max(float(img.max()), 1.0) if img.max() > 1 else img
-    return np.stack([1 - p, p, img, entropy_map(p), signed_distance(p > 0.5), y]).astype(np.float32)
+    return np.stack([1 - p, p, img, entropy_map(p), signed_distance(p > MASK_THRESHOLD), y]).astype(np.float32)
 
 
 def _blob(h, w, cy, cx, ry, rx, rng) -> np.ndarray:
@@ -130,7 +133,7 @@ def generate_source(
         save_png((mask * 255).astype(np.uint8), out / "labels" / f"{pid}.png")
         with atomic_path(out / f"{pid}_probabilities.npy") as tmp:
             np.save(tmp, np.stack([1 - prob, prob]).astype(np.float32))
-        scores[pid] = dice(prob > 0.5, mask)
+        scores[pid] = dice(prob > MASK_THRESHOLD, mask)
     order = rng.permutation(len(ids))
     n_test, n_val = max(1, len(ids) // 5), max(1, len(ids) // 10)
     splits = {

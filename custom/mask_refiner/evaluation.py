@@ -18,7 +18,7 @@ import torch
 from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric
 
 from custom.core.io import save_report
-from custom.mask_refiner.data import dice, load_case
+from custom.mask_refiner.data import MASK_THRESHOLD, dice, load_case
 
 HARM_TOLERANCE = 1e-3  # a Dice drop smaller than this is rounding, not harm
 
@@ -54,8 +54,8 @@ def evaluate_refiner(network, data_dir, split: str = "test", out_dir=None, spaci
     for pid in splits[split]:
         x, gt = load_case(data_dir / pid)
         gt = gt > 0.5
-        logits = network(torch.from_numpy(x)[None].to(device))[0, 0].float().cpu().numpy()
-        coarse, refined = x[1] > 0.5, logits > 0.0
+        prob = torch.sigmoid(network(torch.from_numpy(x)[None].to(device))[0, 0].float()).cpu().numpy()
+        coarse, refined = x[1] > MASK_THRESHOLD, prob > MASK_THRESHOLD
         control = not gt.any()
         row = {"case_id": pid, "control": control, "height": gt.shape[0]}
         for name, pred in (("coarse", coarse), ("refined", refined)):
@@ -76,7 +76,7 @@ def evaluate_refiner(network, data_dir, split: str = "test", out_dir=None, spaci
         "images": len(rows),
         "controls": len(controls),
         "convention": "Dice/IoU with empty-vs-empty = 1; HD95 and surface Dice (2 mm) with pixel spacing "
-        f"{list(spacing)} mm, HD95 only where both masks are non-empty; masks at probability 0.5",
+        f"{list(spacing)} mm, HD95 only where both masks are non-empty; masks at probability {MASK_THRESHOLD}",
     }
     for m in ("dice", "iou", "hd95", "surface_dice"):
         for name in ("coarse", "refined"):

@@ -38,7 +38,7 @@ class RefinerLoss(nn.Module):
     * BCE and the surface term are means over valid pixels.
 
     Args:
-        weights: dict with ``dice``, ``bce``, ``surface`` (seed: 1.0, 0.5, 0.1).
+        weights: dict with ``dice``, ``bce``, ``surface`` (default 1.0, 0.5, 0.1).
     """
 
     def __init__(self, weights: dict | None = None):

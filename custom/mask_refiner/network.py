@@ -1,4 +1,4 @@
-"""RefinerUNet (seed 004): a 2D U-Net that refines a coarse segmentation given its probability map and the image.
+"""RefinerUNet: a 2D U-Net that refines a coarse segmentation given its probability map and the image.
 
 Inputs (B, 6, H, W) in the order of :data:`custom.mask_refiner.data.CHANNELS`: softmax background and foreground, the
 image, the entropy of the probability map, the signed distance to the coarse mask and the normalized row. Output:

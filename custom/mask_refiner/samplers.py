@@ -1,4 +1,8 @@
-"""Hard-example batch sampler of the mask refiner (seed 004)."""
+"""Hard-example batch sampler of the mask refiner.
+
+Most of each batch comes from the images the coarse segmenter handles worst, so training spends its steps where
+refinement matters; control images (no lesion) teach it not to invent lesions, and random ones keep it general.
+"""
 
 from __future__ import annotations
 

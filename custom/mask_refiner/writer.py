@@ -9,6 +9,7 @@ from ignite.engine import Events
 
 from custom.core.cases import batch_item
 from custom.core.io import save_png
+from custom.mask_refiner.data import MASK_THRESHOLD
 
 
 class MaskWriter:
@@ -21,7 +22,7 @@ class MaskWriter:
         threshold: probability above which a pixel is foreground.
     """
 
-    def __init__(self, output_dir, threshold: float = 0.5):
+    def __init__(self, output_dir, threshold: float = MASK_THRESHOLD):
         self.output_dir = Path(output_dir)
         self.threshold = float(threshold)
 
@@ -43,7 +44,7 @@ class MaskWriter:
             grey = np.clip(x[2] / max(float(x[2].max()), 1e-6), 0, 1)
             rgb = np.stack([grey] * 3, axis=-1)
             rgb[mask] = 0.5 * rgb[mask] + 0.5 * np.array([1.0, 0.0, 0.0])
-            coarse = x[1] > 0.5
+            coarse = x[1] > self.threshold
             edge = coarse & ~ndimage.binary_erosion(coarse)
             rgb[edge] = [1.0, 1.0, 0.0]
             save_png((rgb * 255).astype(np.uint8), self.output_dir / f"{name}_overlay.png")

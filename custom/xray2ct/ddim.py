@@ -2,9 +2,11 @@
 
 One step from timestep ``t`` to the previous timestep ``s`` of the sampling list (``a_s = 1`` after the last):
 
-1. ``x0 = sqrt(a_t) x_t - sqrt(1 - a_t) v``, clamped to ``clip_x0`` (fix #3: the data range with a margin).
+1. ``x0 = sqrt(a_t) x_t - sqrt(1 - a_t) v``, clamped to ``clip_x0`` (the data range [-1, 1] with a margin: a looser
+   clamp leaves ``x0`` far outside the range of real CTs).
 2. optional guidance: ``x0 <- x0 - guidance_scale * grad_x0 L(x0)`` (e.g. a DRR mismatch with the input X-rays).
-3. ``eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t)`` (fix #1).
+3. ``eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t)`` (exactly this order and sign: any other form makes the DDIM
+   trajectory diverge).
 4. ``sigma = eta * sqrt((1 - a_s) / (1 - a_t)) * sqrt(1 - a_t / a_s)``.
 5. ``x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z``.
 

@@ -20,25 +20,22 @@ import numpy as np
 import torch
 
 from custom.core.io import save_report
-from custom.core.metrics import CONVENTION, METRICS, case_metrics
+from custom.core.metrics import METRICS, case_metrics, convention
 from custom.core.physics import DRRProjector, get_geometry
 from custom.core.transforms import hu_to_window, window_to_hu
-from custom.core.xray import line_integral_to_input
+from custom.core.xray import LoadXRayd
 
 
-def load_case(entry: dict, base_dir, volume_size: int, xray_size: int):
-    """(xray (2, N, N) network units, ct_hu (D, D, D)) of a datalist entry, resized like the training transforms."""
+def load_case(entry: dict, base_dir, volume_size: int, xray_size: int, geometry="x2ctgan"):
+    """(xray (2, N, N) network units, ct_hu (D, D, D)) of a datalist entry, through the training transforms' path."""
     from monai.transforms import LoadImage, Resize
 
     base = Path(base_dir)
-    load = LoadImage(reader="NibabelReader", image_only=True)
-    ct = load(str(base / entry["ct"]))[None]
+    ct = LoadImage(reader="NibabelReader", image_only=True)(str(base / entry["ct"]))[None]
     ct = Resize((volume_size,) * 3, mode="area")(ct)[0]  # area: no zero (water) padding at the border
-    views = []
-    for key in ("frontal", "lateral"):
-        img = load(str(base / entry[key]))[None]
-        views.append(Resize((xray_size,) * 2, mode="area")(img)[0])
-    xray = line_integral_to_input(torch.stack([torch.as_tensor(v) for v in views]).float())
+    views = {k: str(base / entry[k]) for k in ("frontal", "lateral")}
+    views = LoadXRayd(list(views), geometry, xray_size, check_views=False)(views)
+    xray = torch.cat([views["frontal"], views["lateral"]]).float()
     return xray, torch.as_tensor(ct).float()
 
 
@@ -85,31 +82,34 @@ def evaluate(
     geometry="x2ctgan",
     cube_mm: float = 320.0,
     out_dir=None,
+    extra: dict | None = None,
 ) -> dict:
-    """Metrics of ``reconstruct(xray) -> ct_hu`` and of the two baselines on ``cases`` [(case_id, xray, ct_hu)].
+    """Metrics of ``reconstruct(case_id, xray) -> ct_hu`` on ``cases`` [(case_id, xray, ct_hu)], and of the two
+    baselines when ``train_pairs`` [(xray, ct_hu)] are given to fit them.
 
-    Writes ``metrics.csv`` (per case and method) and ``summary.json`` to ``out_dir`` when given.
+    Writes ``metrics.csv`` (per case and method) and ``summary.json`` (with ``extra`` added) to ``out_dir`` when
+    given; returns (summary, rows).
     """
     d = cases[0][2].shape[-1]
     geo = get_geometry(geometry) if isinstance(geometry, str) else geometry
     drr = DRRProjector(geo.resized(d))
-    mean_ct = torch.stack([window_to_hu(hu_to_window(ct, window), window) for _, ct in train_pairs]).mean(0)
-    bp = BackprojectionBaseline(geometry, cube_mm).fit(train_pairs)
-    methods = {
-        "model": reconstruct,
-        "mean_ct": lambda xray: mean_ct,
-        "backprojection": lambda xray: bp(xray, d),
-    }
+    methods = {"model": reconstruct}
+    if train_pairs:
+        mean_ct = torch.stack([window_to_hu(hu_to_window(ct, window), window) for _, ct in train_pairs]).mean(0)
+        bp = BackprojectionBaseline(geometry, cube_mm).fit(train_pairs)
+        methods["mean_ct"] = lambda case_id, xray: mean_ct
+        methods["backprojection"] = lambda case_id, xray: bp(xray, d)
     rows = []
     for case_id, xray, ct in cases:
         for name, fn in methods.items():
             with torch.no_grad():
-                pred = fn(xray)
+                pred = fn(case_id, xray)
             rows.append({"case_id": case_id, "method": name, **case_metrics(pred, ct, window, drr, cube_mm)})
-    summary = {"convention": CONVENTION.format(window=list(window), range=window[1] - window[0]), "cases": len(cases)}
+    summary = {"convention": convention(window), "cases": len(cases)}
     for name in methods:
         sel = [r for r in rows if r["method"] == name]
         summary[name] = {k: float(np.mean([r[k] for r in sel])) for k in METRICS}
+    summary.update(extra or {})
     if out_dir is not None:
         save_report(rows, summary, out_dir)
-    return summary
+    return summary, rows

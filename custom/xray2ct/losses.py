@@ -10,7 +10,10 @@ from custom.core.xray import line_integral_to_input
 
 
 def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample (B,) mean L1 difference of finite-difference gradients along each spatial axis (seed 002)."""
+    """Per-sample (B,) mean L1 difference of finite-difference gradients along each spatial axis.
+
+    It penalizes blurred edges (bone, vessels) that L1 and SSIM alone tolerate.
+    """
     loss = 0.0
     for axis in range(2, pred.ndim):
         diff = (torch.diff(pred, dim=axis) - torch.diff(target, dim=axis)).abs()
@@ -21,9 +24,11 @@ def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class DRRConsistencyLoss(torch.nn.Module):
     """L1 between DRRs of the predicted and the target CT, both rendered from the same windowed volumes.
 
-    Both CTs go window -> HU -> mu -> line integrals through the same projector (both views, seed 003 fixes #9/#10),
-    so the window clips them alike and the loss compares like with like. Values are in network-input units
-    (line integral / 8), no per-sample normalization (fix #5).
+    Both CTs go window -> HU -> mu -> attenuation line integrals (Beer-Lambert, not a plain sum of voxel values)
+    through the same projector, for every view at its own angle (the lateral view is rendered, not a copy of the
+    frontal one), so the window clips them alike and the loss compares like with like. Values are in network-input
+    units (line integral / 8), with no per-sample normalization: that would make the loss scale-invariant and blind
+    to intensity errors.
     """
 
     def __init__(self, geometry="x2ctgan", views=("frontal", "lateral"), window=(-200.0, 200.0), cube_mm=320.0):

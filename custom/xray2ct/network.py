@@ -1,18 +1,21 @@
-"""Conditional denoiser of one cascade stage: X-ray encoders, depth lifting, hybrid CNN + ViT core (seeds 002/003).
+"""Conditional denoiser of one cascade stage: X-ray encoders, depth lifting, hybrid CNN + ViT core.
 
 Inputs of ``forward``: the noisy volume ``x_t`` (B, 1, D, D, D) in window units, the normalized timestep ``t01``
-(B,) = t / T in [0, 1] (fix #2), the two X-rays ``xrays`` (B, 2, N, N) (frontal, lateral; network-input units, see
-:func:`custom.core.xray.line_integral_to_input`) and, for stages 2 and 3, ``prev`` (B, 1, D, D, D), the previous
-stage's output upsampled to D. Output: the predicted velocity ``v`` (B, 1, D, D, D).
+(B,) = t / T in [0, 1] (the same input in training and sampling), the two X-rays ``xrays`` (B, 2, N, N) (frontal,
+lateral; network-input units, see :func:`custom.core.xray.line_integral_to_input`) and, for stages 2 and 3,
+``prev`` (B, 1, D, D, D), the previous stage's output upsampled to D. Output: the predicted velocity ``v``
+(B, 1, D, D, D).
 
 * Each view has its own 2D encoder. Its features are lifted into 3D with the adjoint of the DRR projector of the
   same geometry (:meth:`custom.core.physics.DRRProjector.backproject`), i.e. spread along the real, diverging X-ray
   paths and averaged, rather than repeated along an axis that ignores the cone-beam magnification.
-* Both lifted views are fused by a 1x1x1 convolution into ``lift_channels`` (16, fix #11) channels, upsampled to D
-  and concatenated with ``x_t`` (and ``prev``).
+* Both lifted views are fused by a 1x1x1 convolution into ``lift_channels`` (16) channels, upsampled to D
+  and concatenated with ``x_t`` (and ``prev``); squeezing them into one channel would discard most of the
+  X-ray information.
 * A 3D CNN encoder goes down to D/4, the features are resampled to a ``token_grid``^3 token grid (16, 24, 32 for
-  the three stages, fix #6), pass through ViT blocks (MONAI ``TransformerBlock``) with a fixed 3D position embedding
-  and the time embedding, come back to D/4 and are decoded with skip connections.
+  the three stages: one grid of 16 for all would shrink stage 3 sixteenfold before attention), pass through ViT
+  blocks (MONAI ``TransformerBlock``) with a fixed 3D position embedding and the time embedding, come back to D/4
+  and are decoded with skip connections.
 """
 
 from __future__ import annotations

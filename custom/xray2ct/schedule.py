@@ -4,8 +4,9 @@ Notation: ``a_t`` is alpha-bar at integer timestep ``t`` in ``0 .. T-1`` (T = ``
 noise ``eps``, noisy sample ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps``.
 
 Why not MONAI's ``DDIMScheduler``: its cosine schedule divides by alpha-bar at time 0 before clipping the betas, so
-timestep 0 is noise-free (seed 003 fix #8 says not to), and its ``step()`` walks a fixed stride while its
-``set_timesteps`` spaces timesteps with linspace, landing on timesteps the model was not asked about. The
+timestep 0 is noise-free (a wasted timestep: here it already holds a little noise), and its ``step()`` walks a
+fixed stride while its ``set_timesteps`` spaces timesteps with linspace, landing on timesteps the model was not
+asked about. The
 formulas here are few and explicit, so they are written out.
 """
 
@@ -49,17 +50,21 @@ def velocity(x0: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor) -> torch.Te
 
 
 def x0_from_v(x_t: torch.Tensor, v: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
-    """Recovery of data (fix #1): ``x0 = sqrt(a_t) x_t - sqrt(1 - a_t) v``."""
+    """Recovery of data from v: ``x0 = sqrt(a_t) x_t - sqrt(1 - a_t) v``."""
     a = _expand(a_t, x_t)
     return a.sqrt() * x_t - (1 - a).sqrt() * v
 
 
 def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
-    """Recovery of noise (fix #1): ``eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t)``."""
+    """Recovery of noise: ``eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t)`` (another sign or order diverges in DDIM)."""
     a = _expand(a_t, x_t)
     return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
 
 
 def normalized_timestep(t: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
-    """The network's time input, ``t / T`` in [0, 1) (fix #2): the one function training and sampling both use."""
+    """The network's time input, ``t / T`` in [0, 1): the one function training and sampling both use.
+
+    Sharing it keeps the time embedding on the same input range in both (raw ``t`` at sampling would be out of
+    the range it was trained on).
+    """
     return t.float() / float(num_train_timesteps)

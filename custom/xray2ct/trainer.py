@@ -38,7 +38,8 @@ class CascadeDiffusionTrainer(SupervisedTrainer):
     ``loss = MSE(v) + mean_b[ w_b * (w_l1 L1 + w_ssim (1 - SSIM) + w_grad gradient + w_physics DRR)(x0_b) ]``, with
     ``w_b = a_t`` (alpha-bar of the sample's timestep, ``x0_loss_weighting="alpha_bar"``) so that nearly pure-noise
     steps, whose ``x0`` is a guess, count little, or ``w_b = 1`` (``"none"``). ``x0`` is clamped to ``clip_x0``
-    (fix #3). The network gets ``t / T`` (fix #2).
+    (the data range with a margin, so the image losses compare values in the range of the targets). The network
+    gets ``t / T``, through the same function the sampler uses.
 
     Args (beyond ``SupervisedTrainer``'s; ``loss_function`` is unused and may be None):
         num_train_timesteps: T of the cosine schedule.

@@ -91,7 +91,7 @@ def _tiny_bundles(dest: Path, with_weights=("mask_refiner_2d", "xray2ct_cascade_
 
 
 def _write_refiner_case(folder: Path, seed: int, control: bool = False) -> dict:
-    from custom.data.refiner import synth_case
+    from custom.mask_refiner.data import synth_case
 
     img, mask, prob, _ = synth_case(np.random.default_rng(seed), REFINER_SHAPE[1], REFINER_SHAPE[0], control)
     paths = {}
@@ -221,7 +221,7 @@ def test_mask_refiner_keeps_the_image_grid_with_uploaded_or_stored_probabilities
 def test_mask_refiner_on_a_png_with_the_bundles_npy_probabilities_returns_a_png_of_the_same_size(client, data):
     from PIL import Image
 
-    from custom.data.refiner import synth_case
+    from custom.mask_refiner.data import synth_case
 
     img, _, prob, _ = synth_case(np.random.default_rng(5), 23, 31, False)  # 23 rows, 31 columns
     png, npy = data["tmp"] / "slice.png", data["tmp"] / "slice_probabilities.npy"
@@ -240,7 +240,7 @@ def test_xray2ct_writes_a_ct_in_hu_on_the_bundle_cube_and_registers_it(client):
     assert r.status_code == 200, r.text
     ct = _nifti(r.content)
     assert ct.shape == (16, 16, 16) and ct.get_data_dtype() == np.float32
-    from custom.data.transforms import cube_affine
+    from custom.core.transforms import cube_affine
 
     np.testing.assert_allclose(ct.affine, cube_affine(16, 320.0), atol=1e-4)
     np.testing.assert_allclose(ct.header.get_zooms(), (20.0, 20.0, 20.0))
@@ -402,6 +402,9 @@ def test_a_ct_refiner_trained_on_a_grid_gets_any_ct_resampled_onto_it(data, tmp_
     np.testing.assert_allclose(centre_out[:3], centre_in[:3], atol=1.5)  # within the 1 mm resampling grid
 
 
+VIEWER_ORIGIN = "http://localhost:3000"  # the one browser origin the test server allows
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -418,10 +421,12 @@ def server(data):
         PYTHONPATH=str(ROOT),
         OMP_NUM_THREADS="1",
         MONAI_LABEL_SESSION_PATH=str(data["tmp"] / "sessions_server"),
+        TMPDIR=str(data["tmp"] / "server_tmp"),  # where monailabel's endpoints copy uploads
     )
+    (data["tmp"] / "server_tmp").mkdir()
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", str(studies)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--conf", "bundles", str(data["bundles"])]
-    cmd += ["--conf", "model_dir", str(data["tmp"] / "model_server")]
+    cmd += ["--conf", "model_dir", str(data["tmp"] / "model_server"), "--conf", "cors_origins", VIEWER_ORIGIN]
     log = open(data["tmp"] / "server.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data["tmp"])
     url = f"http://127.0.0.1:{port}"
@@ -525,3 +530,208 @@ def test_real_server_bad_requests_over_http(server, data):
     )
     assert r.status_code == 422 and "uploaded image" in r.json()["detail"], r.text
     assert requests.get(f"{server}/info/", timeout=10).status_code == 200
+
+
+def _listing(*folders: Path) -> dict:
+    return {str(f): sorted(os.listdir(f)) for f in folders}
+
+
+def _hostile_names(root: Path) -> list:
+    return [str(p) for p in root.rglob("*") if "pwned" in p.name]
+
+
+def test_real_server_refuses_ids_that_are_paths_and_writes_nothing_outside_the_studies_folder(server, data):
+    """Image ids, label tags and output ids become file names: anything that could leave the studies folder is a 400
+    before a byte is written or an inference starts."""
+    import requests
+
+    studies, uploads = data["tmp"] / "studies_server", data["tmp"] / "server_tmp"
+    outside = (data["tmp"], data["tmp"].parent)  # where ../ and ../../ from the studies folder land
+    for image_id, key in (("guard_pa", "frontal"), ("guard_lat", "lateral"), ("guard_ct", "ct")):
+        with open(data[key], "rb") as f:
+            r = requests.put(f"{server}/datastore/image", params={"image": image_id}, files={"file": f}, timeout=30)
+        assert r.status_code == 200, r.text
+    before, uploads_before = _listing(*outside), set(os.listdir(uploads))
+    payload = data["frontal"].read_bytes()
+
+    def put(what, query, filename="x.nii.gz"):
+        field = "file" if what == "image" else "label"
+        return requests.put(f"{server}/datastore/{what}", params=query, files={field: (filename, payload)}, timeout=30)
+
+    absolute = str(data["tmp"].parent / "pwned_c")
+    bad_ids = ["../../pwned_a", "..\\..\\pwned_b", absolute, "..", ".pwned_d", "a/../pwned_e", "pwned\x00f", ""]
+    answers = [put("image", {"image": i}) for i in bad_ids[:-1]]
+    answers += [put("label", {"image": "guard_pa", "tag": i}) for i in bad_ids]
+    answers += [put("label", {"image": i, "tag": "final"}) for i in bad_ids]
+    # the datastore's own index lives in the studies folder: an upload must not replace it
+    answers.append(put("image", {"image": "datastore_v2"}, filename="pwned.json"))
+    for params, model, image in (
+        ({"lateral": "guard_lat", "ct_id": "../../pwned_ct"}, "xray2ct", "guard_pa"),
+        ({"lateral": "../guard_lat"}, "xray2ct", "guard_pa"),
+        ({"refined_id": "../../pwned_refined"}, "ct_refiner", "guard_ct"),
+        ({"refined_id": str(data["tmp"].parent / "pwned_refined")}, "ct_refiner", "guard_ct"),
+        ({"coarse_tag": "../../pwned"}, "mask_refiner", "guard_pa"),
+    ):
+        start = time.time()
+        answers.append(
+            requests.post(
+                f"{server}/infer/{model}", params={"image": image}, data={"params": json.dumps(params)}, timeout=30
+            )
+        )
+        assert time.time() - start < 5, "refused only after running the model"
+    answers.append(  # an uploaded image with an output id that is a path
+        requests.post(
+            f"{server}/infer/xray2ct",
+            data={"params": json.dumps({"lateral": "guard_lat", "ct_id": "../pwned_upload"})},
+            files={"file": ("pa.nii.gz", payload)},
+            timeout=30,
+        )
+    )
+    for r in answers:
+        assert r.status_code == 400, (r.request.url, r.status_code, r.text)
+        detail = r.json()["detail"]
+        assert "id" in detail or "tag" in detail or "file type" in detail, detail
+        assert str(data["tmp"]) not in detail
+    assert _listing(*outside) == before
+    assert set(os.listdir(uploads)) <= uploads_before  # no temporary copy of a refused upload is left behind
+    assert _hostile_names(data["tmp"].parent) == []
+    store = requests.get(f"{server}/datastore/?output=all", timeout=10).json()["objects"]
+    assert not [k for k in store if "pwned" in k] and (studies / "datastore_v2.json").is_file()
+    assert json.loads((studies / "datastore_v2.json").read_text())["objects"]  # the index is still the index
+
+
+def test_real_server_infer_reads_only_datastore_images_or_uploads(server, data):
+    """A server path as the image is refused with the same answer whether or not it exists: no file oracle."""
+    import requests
+
+    with open(data["ct"], "rb") as f:
+        assert requests.put(f"{server}/datastore/image?image=oracle_ct", files={"file": f}, timeout=30).ok
+
+    def infer(image, params=None, model="ct_refiner"):
+        r = requests.post(
+            f"{server}/infer/{model}?output=json",
+            params={"image": image},
+            data={"params": json.dumps(params or {})},
+            timeout=60,
+        )
+        return r.status_code, r.json().get("detail", "").replace(image, "<image>")
+
+    existing, missing = str(data["ct"]), str(data["tmp"] / "no_such_dir" / "ct.nii.gz")
+    a_folder = str(data["tmp"])
+    answers = {infer(path) for path in (existing, missing, a_folder, "../" + Path(existing).name)}
+    assert len(answers) == 1, answers
+    status, detail = answers.pop()
+    assert status == 400 and "datastore" in detail and "upload" in detail, detail
+    # a bare name is a datastore id, never a file in the server's working folder (server.log is there)
+    assert (data["tmp"] / "server.log").is_file()
+    answers = {infer(name) for name in ("server.log", "no_such_file.log")}
+    assert len(answers) == 1 and answers.pop()[0] == 404
+    # params cannot swap a server path in for the image or the uploaded label
+    for params, model in (({"image": existing}, "ct_refiner"), ({"label": existing}, "mask_refiner")):
+        status, detail = infer("oracle_ct", params, model)
+        assert status == 400 and repr(next(iter(params))) in detail, detail
+    status, _ = infer("oracle_ct")
+    assert status == 200
+
+
+def test_real_server_allows_only_the_configured_browser_origins(server, data):
+    import requests
+
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    for origin, allowed in (("http://evil.example", False), ("null", False), (VIEWER_ORIGIN, True), (server, True)):
+        answers = (
+            requests.options(f"{server}/infer/mask_refiner", headers={"Origin": origin, **preflight}, timeout=10),
+            requests.get(f"{server}/info/", headers={"Origin": origin}, timeout=10),
+        )
+        for r in answers:
+            if origin != server:  # a page served by the server itself needs no CORS header
+                assert r.headers.get("access-control-allow-origin") == (origin if allowed else None), (
+                    origin,
+                    r.headers,
+                )
+        assert (answers[1].status_code == 200) == allowed, (origin, answers[1].text)
+    # a form POST is sent by browsers without a preflight: it must be refused, not only hidden from the page
+    with open(data["frontal"], "rb") as f:
+        r = requests.put(
+            f"{server}/datastore/image?image=from_evil",
+            files={"file": f},
+            headers={"Origin": "http://evil.example"},
+            timeout=30,
+        )
+    assert r.status_code == 403 and "cors_origins" in r.json()["detail"]
+    assert "from_evil" not in requests.get(f"{server}/datastore/?output=all", timeout=10).json()["objects"]
+
+
+def test_real_server_answers_malformed_requests_with_4xx(server, data):
+    import requests
+
+    with open(data["frontal"], "rb") as f:
+        assert requests.put(f"{server}/datastore/image?image=malformed_pa", files={"file": f}, timeout=30).ok
+    label = {"label": ("l.nii.gz", data["frontal"].read_bytes())}
+    image = {"file": ("i.nii.gz", data["frontal"].read_bytes())}
+    cases = [
+        (requests.post, "/infer/xray2ct?image=malformed_pa", {"data": {"params": "{not json"}}, 400, "JSON"),
+        (requests.post, "/infer/xray2ct?image=malformed_pa", {"data": {"params": "[1, 2]"}}, 400, "JSON object"),
+        (requests.post, "/infer/xray2ct?image=a/b", {"data": {"params": "{}"}}, 400, "'a/b'"),
+        (requests.put, "/datastore/label?image=never_added&tag=final", {"files": label}, 404, "never_added"),
+        (requests.put, "/datastore/label?image=malformed_pa", {"files": label, "data": {"params": "[]"}}, 400, "JSON"),
+        (requests.put, "/datastore/image?image=x", {"files": image, "data": {"params": "nope"}}, 400, "JSON"),
+        (requests.put, "/datastore/image/info?image=malformed_pa", {"data": {"info": "[1]"}}, 400, "JSON"),
+        (requests.delete, "/datastore/image?id=never_added", {}, 404, "never_added"),
+        (requests.post, "/train/mask_refiner", {"json": {"final_tag": "never_saved"}}, 400, "never_saved"),
+        (requests.post, "/train/mask_refiner", {"json": {"final_tag": "../x"}}, 400, "final_tag"),
+        (requests.post, "/train/mask_refiner", {"json": {"max_epochs": "many"}}, 400, "max_epochs"),
+        (requests.post, "/train/no_such_model", {"json": {}}, 404, "no_such_model"),
+    ]
+    jobs = requests.get(f"{server}/train/?all=true", timeout=10).text
+    for method, path, kwargs, status, words in cases:
+        r = method(f"{server}{path}", timeout=30, **kwargs)
+        assert r.status_code == status, (path, kwargs.get("data") or kwargs.get("json"), r.status_code, r.text)
+        assert words in r.json()["detail"], (path, r.text)
+    assert requests.get(f"{server}/train/?all=true", timeout=10).text == jobs  # no training job was submitted
+    assert requests.get(f"{server}/info/", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("../x", "path separator"),
+        ("a\\b", "path separator"),
+        ("/etc/passwd", "path separator"),
+        ("..", "'.'"),
+        (".hidden", "'.'"),
+        ("a..b", "'..'"),
+        ("a\x00b", "control character"),
+        ("", "empty"),
+        ("x" * 300, "long"),
+        (7, "string"),
+    ],
+)
+def test_datastore_ids_that_could_name_a_file_elsewhere_are_refused(value, words):
+    sys.path.insert(0, str(APP_DIR))
+    try:
+        from lib.guards import check_id
+    finally:
+        sys.path.remove(str(APP_DIR))
+    from fastapi import HTTPException
+
+    with pytest.raises(HTTPException) as e:
+        check_id(value, "image id")
+    assert e.value.status_code == 400 and words in e.value.detail and "image id" in e.value.detail
+    for good in ("chest", "pa_ct", "slice0.v2", "1.2.840.10008", "Patient 7"):
+        assert check_id(good, "image id") == good
+
+
+def test_browser_origins_come_from_the_conf_and_monailabels_setting_and_must_be_bare_origins():
+    sys.path.insert(0, str(APP_DIR))
+    try:
+        from lib.guards import allowed_origins
+    finally:
+        sys.path.remove(str(APP_DIR))
+    assert allowed_origins(None) == [] and allowed_origins("") == []
+    got = allowed_origins(" http://localhost:3000, https://viewer.example.org/", ["http://localhost:3000/"])
+    assert got == ["http://localhost:3000", "https://viewer.example.org"]  # trailing slashes never match an Origin
+    assert allowed_origins("http://a.example,*") == ["*"]
+    for bad in ("localhost:3000", "http://viewer.example.org/ohif", "ftp://x.example"):
+        with pytest.raises(ValueError, match="scheme://host"):
+            allowed_origins(bad)

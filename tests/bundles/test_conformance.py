@@ -145,7 +145,7 @@ def test_verify_net_in_out(bundle):
 
 
 def test_refiner_torchscript_export_matches(tmp_path):
-    from custom.cli import load_bundle_network
+    from custom.core.bundle import load_bundle_network
 
     root = ROOT / "bundles" / "mask_refiner_2d"
     ts_path = tmp_path / "refiner.ts"

@@ -1,4 +1,4 @@
-"""Refiner loss and the seed's padding test: heights 300-1000 px, correct shapes and unchanged loss scale."""
+"""Refiner loss and the padding test (images vary in height): 300-1000 px, correct shapes and unchanged loss scale."""
 
 import numpy as np
 import pytest

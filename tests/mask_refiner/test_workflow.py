@@ -76,7 +76,7 @@ def test_shipped_weights_load_and_improve_fresh_generated_images(tmp_path):
     import numpy as np
     import torch
 
-    from custom.cli import load_bundle_network
+    from custom.core.bundle import load_bundle_network
     from custom.mask_refiner.data import dice, generate_source, load_case, setup_dataset
 
     bundle = ROOT / "bundles" / "mask_refiner_2d"

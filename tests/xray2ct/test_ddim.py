@@ -13,7 +13,7 @@ T = 1000
 
 def test_schedule_is_not_renormalized_and_decreasing():
     a = cosine_alpha_bar(T)
-    assert a[0] < 1.0 and a[0] > 0.999  # step 0 already holds a little noise (fix #8)
+    assert a[0] < 1.0 and a[0] > 0.999  # step 0 already holds a little noise (no wasted noise-free step)
     assert torch.all(a[1:] <= a[:-1]) and a[-1] < 1e-4
     expected0 = math.cos((1 / T + 0.008) / 1.008 * math.pi / 2) ** 2
     assert math.isclose(float(a[0]), expected0, rel_tol=1e-12)

@@ -7,15 +7,13 @@ freshly initialised weights is never served as if it were trained.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from pathlib import Path
 
 import torch
-from monai.bundle import ConfigParser
 
-from custom.networks.checkpoint import read_state_dict
+from custom.core.bundle import build_network, make_parser
 
 logger = logging.getLogger(__name__)
 
@@ -38,40 +36,12 @@ def missing_parts(bundle_dir: Path, extra_weights: Path | None = None) -> str | 
     return None
 
 
-def read_config(bundle_dir: Path, name: str = CONFIG) -> dict:
-    """The raw config dict of one of the bundle's config files (``$`` expressions unevaluated)."""
-    parser = ConfigParser()
-    parser.read_config(str(Path(bundle_dir) / name))
-    return parser.get()
-
-
-def make_parser(config: dict, bundle_dir: Path, overrides: dict | None = None) -> ConfigParser:
-    """A fresh parser over a copy of ``config``: parsed objects are never shared between requests."""
-    parser = ConfigParser(copy.deepcopy(config))
-    parser["bundle_root"] = str(bundle_dir)
-    for key, value in (overrides or {}).items():
-        parser[key] = value
-    return parser
-
-
 def metadata(bundle_dir: Path) -> dict:
     path = Path(bundle_dir) / "configs" / "metadata.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def load_weights(network: torch.nn.Module, path: Path) -> torch.nn.Module:
-    """Load a checkpoint of plain tensors into ``network`` (``{"model": state}`` or a bare state dict).
-
-    ``weights_only=True``: a checkpoint cannot run code on the server.
-    """
-    try:
-        network.load_state_dict(read_state_dict(path))
-    except RuntimeError as e:
-        raise RuntimeError(f"{path} does not fit the bundle's network ({str(e).splitlines()[0]})") from None
-    return network
 
 
 class CachedNetwork:
@@ -94,8 +64,7 @@ class CachedNetwork:
         path = self.weights_path()
         key = (str(path), path.stat().st_mtime_ns)
         if key != self._key:
-            net = make_parser(self.config, self.bundle_dir).get_parsed_content("network_def", instantiate=True)
-            self._net = load_weights(net, path).to(self.device).eval()
+            self._net = build_network(make_parser(self.config, self.bundle_dir), path, self.device)
             self._key = key
-            logger.info(f"loaded {path} into {type(net).__name__}")
+            logger.info(f"loaded {path} into {type(self._net).__name__}")
         return self._net

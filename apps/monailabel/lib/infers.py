@@ -26,14 +26,16 @@ import torch
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from custom.data.ct import load_ct
-from custom.data.io import save_nifti, save_png
-from custom.data.refiner import make_channels
-from custom.data.transforms import cube_affine, finer_affine, hu_to_window, preprocess_ct, window_to_hu
-from custom.data.xray import load_xray
-from custom.errors import InputError
+from custom.core.bundle import make_parser, read_bundle_config
+from custom.core.ct import load_ct
+from custom.core.errors import InputError
+from custom.core.io import save_nifti, save_png
+from custom.core.transforms import cube_affine, finer_affine, hu_to_window, preprocess_ct, window_to_hu
+from custom.core.xray import load_xray
+from custom.mask_refiner.data import MASK_THRESHOLD, make_channels
 
-from .bundles import WEIGHTS, CachedNetwork, make_parser, metadata, read_config
+from .bundles import WEIGHTS, CachedNetwork, metadata
+from .guards import check_id
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +98,19 @@ def output_affine(affine: np.ndarray, in_shape, out_shape) -> np.ndarray:
 class BundleInferTask(InferTask):
     """Shared parts: the bundle's config and cached network, device, datastore and error translation.
 
-    The app passes its datastore so tasks can look up extra inputs by id and register new images.
+    The app passes its datastore so tasks can look up extra inputs by id and register new images. ``id_params``
+    names the request parameters that are datastore ids or tags (inputs and outputs): they are checked before the
+    task runs, so a request whose output could not be stored is refused before any inference.
     """
+
+    id_params: tuple[str, ...] = ()
 
     def __init__(self, bundle_dir, datastore, device, weights, type, labels, dimension, description, config=None):
         super().__init__(type=type, labels=labels, dimension=dimension, description=description, config=config)
         self.bundle_dir = Path(bundle_dir)
         self.datastore = datastore
         self.device = device
-        self.bundle_config = read_config(self.bundle_dir)
+        self.bundle_config = read_bundle_config(self.bundle_dir)
         self.network = CachedNetwork(self.bundle_config, self.bundle_dir, weights, device)
         self.version = metadata(self.bundle_dir).get("version", "")
         # one request at a time per task: the inferer keeps per-call state (DDIMInferer.last_std)
@@ -126,6 +132,9 @@ class BundleInferTask(InferTask):
         return info
 
     def __call__(self, request):
+        for key in self.id_params:
+            if request.get(key) not in (None, ""):
+                check_id(request[key], key)
         start = time.time()
         names = self._display_names(request)
         try:
@@ -185,6 +194,7 @@ class MaskRefinerInfer(BundleInferTask):
     """
 
     name = "mask_refiner"
+    id_params = ("coarse_tag",)
 
     def __init__(self, bundle_dir, datastore, device, weights, label_name="lesion"):
         super().__init__(
@@ -196,9 +206,9 @@ class MaskRefinerInfer(BundleInferTask):
             labels={label_name: 1},
             dimension=2,
             description="Refines a coarse 2D segmentation from its probability map (bundle mask_refiner_2d)",
-            config={"coarse_tag": "coarse", "threshold": 0.5},
+            config={"coarse_tag": "coarse", "threshold": MASK_THRESHOLD},
         )
-        self.threshold = float(self.bundle_config.get("threshold", 0.5))
+        self.threshold = float(self.bundle_config.get("threshold", MASK_THRESHOLD))
 
     def _probabilities(self, request, shape_uv) -> np.ndarray:
         path = request.get("label")
@@ -289,6 +299,7 @@ class XRayToCTInfer(BundleInferTask):
     """
 
     name = "xray2ct"
+    id_params = ("lateral", "ct_id")
 
     def __init__(self, bundle_dir, datastore, device, weights):
         super().__init__(
@@ -305,6 +316,9 @@ class XRayToCTInfer(BundleInferTask):
 
     def run(self, request):
         frontal = request["image"]
+        frontal_id = request.get("image_id") or "uploaded"
+        ct_id = check_id(request.get("ct_id") or f"{frontal_id}_ct", "ct_id")
+        check_id(f"{ct_id}_uncertainty", "the uncertainty map's id (ct_id + '_uncertainty')")
         lateral = self.resolve_id(request, "lateral", "lateral X-ray")
         for key, path in (("frontal", frontal), ("lateral", lateral)):
             load_xray(path)  # a clear error for a corrupt or 3D file before the bundle's transforms wrap it
@@ -332,10 +346,6 @@ class XRayToCTInfer(BundleInferTask):
         std = inferer.last_std[0, 0].float().cpu() * (window[1] - window[0]) / 2
         affine = cube_affine(d, cube_mm)
 
-        frontal_id = request.get("image_id") or "uploaded"
-        ct_id = str(request.get("ct_id") or f"{frontal_id}_ct")
-        if "/" in ct_id or "\\" in ct_id or ct_id.startswith("."):
-            raise HTTPException(400, f"ct_id must be a plain name, got {ct_id!r}")
         lo, hi = window
         with tempfile.TemporaryDirectory() as tmp:
             ct_path, unc_path = os.path.join(tmp, "ct.nii.gz"), os.path.join(tmp, "uncertainty.nii.gz")
@@ -382,11 +392,12 @@ class CTDetailInfer(BundleInferTask):
     A bundle trained on a fixed grid declares it with ``volume_size``, ``scale_factor`` and ``cube_mm`` (the
     project's ct_detail_refinement does): its input is a ``volume_size // scale_factor``^3 grid over a ``cube_mm``
     cube. A CT on any other grid (a clinical scan: 512 x 512 x 300 at 0.7 x 0.7 x 1 mm) is first resampled onto
-    that grid around its own centre (:func:`custom.data.transforms.preprocess_ct`), so the network sees what it
+    that grid around its own centre (:func:`custom.core.transforms.preprocess_ct`), so the network sees what it
     was trained on and the result still overlays the input in the viewer.
     """
 
     name = "ct_refiner"
+    id_params = ("refined_id",)
 
     def __init__(self, bundle_dir, datastore, device, weights):
         super().__init__(
@@ -402,6 +413,9 @@ class CTDetailInfer(BundleInferTask):
         )
 
     def run(self, request):
+        refined_id = check_id(
+            request.get("refined_id") or f"{request.get('image_id') or 'uploaded'}_refined", "refined_id"
+        )
         ct = load_ct(request["image"])  # (1, X, Y, Z) HU; 2D files, non-HU data and corrupt files are refused
         parser = make_parser(self.bundle_config, self.bundle_dir)
         window = [float(w) for w in (parser.get_parsed_content("window") if "window" in parser else (-200, 200))]
@@ -417,9 +431,6 @@ class CTDetailInfer(BundleInferTask):
         hu = window_to_hu(y[0, 0], window).numpy()
         affine = output_affine(np.asarray(ct.affine, dtype=np.float64), x.shape[2:], y.shape)
 
-        refined_id = str(request.get("refined_id") or f"{request.get('image_id') or 'uploaded'}_refined")
-        if "/" in refined_id or "\\" in refined_id or refined_id.startswith("."):
-            raise HTTPException(400, f"refined_id must be a plain name, got {refined_id!r}")
         lo, hi = window
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "refined.nii.gz")

@@ -18,15 +18,17 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.train import TrainTask
 
-from custom.data.io import atomic_path, save_json
-from custom.data.refiner import dice, setup_dataset
-from custom.data.xray import load_xray
-from custom.errors import InputError
+from custom.core.bundle import load_weights, make_parser, read_bundle_config
+from custom.core.errors import InputError
+from custom.core.io import atomic_path, save_json
+from custom.core.xray import load_xray
+from custom.mask_refiner.data import MASK_THRESHOLD, dice, setup_dataset
 
-from .bundles import load_weights, make_parser, read_config
+from .guards import check_id, id_problem
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ def _uv(path: str) -> np.ndarray:
 
 def batch_pattern(hardness: dict, batch_size: int) -> dict:
     """The bundle's 5 hard / 1 control / 2 random batch scaled to ``batch_size``, dropping groups with no images."""
-    from custom.data.samplers import scale_pattern
+    from custom.mask_refiner.samplers import scale_pattern
 
     pattern = scale_pattern(batch_size)
     for group in ("hard", "control"):
@@ -75,6 +77,9 @@ class MaskRefinerTrain(TrainTask):
     def _collect(self, datastore, final_tag, coarse_tag) -> list[tuple[str, str, str, str]]:
         cases = []
         for image_id in datastore.list_images():
+            if id_problem(image_id):  # a file put into the studies folder by hand, under a name no request may use
+                logger.warning(f"training skips image {image_id!r}: its id {id_problem(image_id)}")
+                continue
             labels = datastore.get_labels_by_image_id(image_id)
             if final_tag in labels and coarse_tag in labels:
                 cases.append(
@@ -108,7 +113,7 @@ class MaskRefinerTrain(TrainTask):
             np.save(src / "labels" / f"{pid}.npy", (mask.T * 255).astype(np.uint8))
             fg = np.clip(prob.T, 0, 1).astype(np.float32)
             np.save(src / f"{pid}_probabilities.npy", np.stack([1 - fg, fg]))
-            scores[pid] = dice(fg > 0.5, mask.T)
+            scores[pid] = dice(fg > MASK_THRESHOLD, mask.T)
         order = list(np.random.default_rng(seed).permutation(sorted(names)))
         n_val = min(len(order) - 1, max(1, int(round(val_fraction * len(order)))))
         save_json(
@@ -118,17 +123,33 @@ class MaskRefinerTrain(TrainTask):
         save_json(scores, src / "patient_dice_scores.json")
         return names
 
-    def __call__(self, request, datastore):
-        final_tag = request.get("final_tag", "final")
-        coarse_tag = request.get("coarse_tag", "coarse")
+    def check(self, request, datastore) -> dict:
+        """The training settings and cases of ``request``, or HTTP 400 saying why it cannot train.
+
+        The app calls this in the server process before monailabel submits the background job, so a request with
+        bad settings or nothing to train on is refused at once instead of failing later in the job's log.
+        """
+        final_tag = check_id(request.get("final_tag", "final"), "final_tag")
+        coarse_tag = check_id(request.get("coarse_tag", "coarse"), "coarse_tag")
         try:
-            max_epochs = int(request.get("max_epochs", 10))
-            batch_size = int(request.get("batch_size", 8))
-            val_fraction = float(request.get("val_fraction", 0.2))
+            settings = {
+                "max_epochs": int(request.get("max_epochs", 10)),
+                "batch_size": int(request.get("batch_size", 8)),
+                "val_fraction": float(request.get("val_fraction", 0.2)),
+            }
+            if "learning_rate" in request:
+                settings["learning_rate"] = float(request["learning_rate"])
         except (TypeError, ValueError) as e:
-            raise HTTPException(400, f"max_epochs, batch_size and val_fraction must be numbers ({e})") from None
-        if max_epochs < 1 or batch_size < 1 or not 0 < val_fraction < 1:
+            raise HTTPException(
+                400, f"max_epochs, batch_size, val_fraction and learning_rate must be numbers ({e})"
+            ) from None
+        if settings["max_epochs"] < 1 or settings["batch_size"] < 1 or not 0 < settings["val_fraction"] < 1:
             raise HTTPException(400, "max_epochs and batch_size must be >= 1 and val_fraction in (0, 1)")
+        if "device" in request:
+            try:
+                settings["device"] = str(torch.device(str(request["device"])))
+            except RuntimeError as e:
+                raise HTTPException(400, f"device: {e}") from None
         cases = self._collect(datastore, final_tag, coarse_tag)
         if len(cases) < 2:
             raise HTTPException(
@@ -136,12 +157,17 @@ class MaskRefinerTrain(TrainTask):
                 f"training needs at least 2 images with both a {final_tag!r} label and a {coarse_tag!r} probability "
                 f"map in the datastore; found {len(cases)}",
             )
+        return dict(settings, cases=cases)
+
+    def __call__(self, request, datastore):
+        settings = self.check(request, datastore)
+        cases, max_epochs, batch_size = settings["cases"], settings["max_epochs"], settings["batch_size"]
         start = time.time()
         run_dir = self.model_dir / "mask_refiner_2d" / "train"
         shutil.rmtree(run_dir, ignore_errors=True)
         with tempfile.TemporaryDirectory(prefix="refiner_train_") as tmp:
             try:
-                self._write_source(cases, Path(tmp) / "source", val_fraction)
+                self._write_source(cases, Path(tmp) / "source", settings["val_fraction"])
                 splits = setup_dataset(Path(tmp) / "source", Path(tmp) / "data")
             except InputError as e:
                 raise HTTPException(422, str(e)) from None
@@ -150,14 +176,14 @@ class MaskRefinerTrain(TrainTask):
                 "output_dir": str(run_dir),
                 "max_epochs": max_epochs,
                 "val_interval": 1,
-                "BATCH_PATTERN": batch_pattern(splits["hardness"], batch_size),
+                "batch_pattern": batch_pattern(splits["hardness"], batch_size),
                 "num_workers": 0,
             }
-            if "device" in request:
-                overrides["device"] = f"$torch.device({str(request['device'])!r})"
-            if "learning_rate" in request:
-                overrides["learning_rate"] = float(request["learning_rate"])
-            parser = make_parser(read_config(self.bundle_dir, "configs/train.json"), self.bundle_dir, overrides)
+            if "device" in settings:
+                overrides["device"] = f"$torch.device({settings['device']!r})"
+            if "learning_rate" in settings:
+                overrides["learning_rate"] = settings["learning_rate"]
+            parser = make_parser(read_bundle_config(self.bundle_dir, "train.json"), self.bundle_dir, overrides)
             parser.get_parsed_content("initialize")
             start_from = next((p for p in self.current_weights if p.is_file()), None)
             if start_from is not None:

@@ -9,7 +9,7 @@ from torch import nn
 
 
 class TimestepEmbedding(nn.Module):
-    """Fourier features of a normalized timestep ``t / T`` in [0, 1] (seed 003 fix #2), then an MLP.
+    """Fourier features of a normalized timestep ``t / T`` in [0, 1] (training and sampling alike), then an MLP.
 
     Frequencies span 1..1000 cycles over [0, 1], so adjacent training timesteps stay distinguishable even though
     the input is normalized. Inputs outside [0, 1] are rejected: they mean a caller passed raw timesteps.

@@ -1,4 +1,7 @@
-"""Frequency-domain attention: re-weight the spectrum of 3D feature maps, amplitude only (seed 001).
+"""Frequency-domain attention: re-weight the spectrum of 3D feature maps, amplitude only.
+
+It lets the CT detail refiner learn to emphasize high frequencies (the detail a coarse CT lacks); the phase, which
+carries where structures are, is kept.
 
 MONAI has channel and spatial attention but nothing that acts on the Fourier spectrum, hence this module.
 """

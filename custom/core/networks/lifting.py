@@ -38,7 +38,8 @@ class DepthLifting(nn.Module):
 
     Args:
         in_channels: feature channels per view.
-        out_channels: channels of the fused volume (16 by default, seed 003 fix #11).
+        out_channels: channels of the fused volume (16 by default: one channel would discard most of the lifted
+            X-ray information).
         geometry: the projection geometry of the X-rays (a preset name or a :class:`ProjectionGeometry`).
         views: the views, in the order of the X-ray channels.
         cube_mm: side of the CT cube in mm (the lifted grid spans it).

@@ -28,8 +28,3 @@ def hu_to_mu(hu: torch.Tensor, mu_water: float = MU_WATER_70KEV) -> torch.Tensor
     if mu_water <= 0:
         raise ValueError(f"mu_water must be positive (1/mm), got {mu_water}")
     return mu_water * torch.relu(1.0 + hu / 1000.0)
-
-
-def transmission(line_integral: torch.Tensor) -> torch.Tensor:
-    """Beer-Lambert transmitted fraction ``I / I0 = exp(-integral)`` of a DRR of line integrals."""
-    return torch.exp(-line_integral)

@@ -1,0 +1,84 @@
+"""What every command group shares: output folders, JSON options, geometry arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from custom.core.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = ROOT / "configs"
+BUNDLES_DIR = ROOT / "bundles"
+
+
+def config_defaults(path, given: dict) -> dict:
+    """``given`` with its None values taken from the JSON file ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such config file")
+    try:
+        with open(path) as f:
+            defaults = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+    except ValueError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+    unknown = set(defaults) - set(given)
+    if unknown:
+        raise InputError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(given)}")
+    return {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
+
+
+def json_dict(value, option: str = "--overrides", example: str = '{"volume_size": 64}') -> dict:
+    """A JSON object option (a string on the command line, a dict from Python)."""
+    if isinstance(value, dict):
+        return dict(value)
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{option} must be a JSON dict, e.g. '{example}' ({e})") from None
+    if not isinstance(parsed, dict):
+        raise InputError(f"{option} must be a JSON dict, e.g. '{example}'; got {value!r}")
+    return parsed
+
+
+def need_dir_path(out_dir) -> Path:
+    """Validate an output folder argument without creating anything."""
+    if out_dir is None or str(out_dir).strip() == "":
+        raise InputError("give an output folder")
+    path = Path(os.fspath(str(out_dir))).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: exists and is not a folder")
+    return path
+
+
+def need_dir(out_dir) -> Path:
+    path = need_dir_path(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def square_size(size) -> int:
+    if isinstance(size, (tuple, list)):
+        if len(set(int(s) for s in size)) != 1:
+            raise InputError(
+                f"the detector must be square (both views feed square 2D encoders): got {size}; give one --size"
+            )
+        size = size[0]
+    if int(size) != size or int(size) < 2:
+        raise InputError(f"--size must be an integer >= 2, got {size}")
+    return int(size)
+
+
+def geometry_arg(geometry, size):
+    """The projection geometry named (or given as a JSON file) on the command line, with ``size`` pixels."""
+    from custom.core.physics import get_geometry
+
+    try:
+        return get_geometry(str(geometry), None if size is None else square_size(size))
+    except KeyError as e:
+        raise InputError(
+            f"geometry {geometry}: missing key {e}; see configs/drr_geometry.json for the fields"
+        ) from None
+    except (ValueError, TypeError) as e:
+        raise InputError(f"geometry {geometry}: {e}") from None

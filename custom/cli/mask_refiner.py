@@ -1,0 +1,157 @@
+"""Mask refiner commands: stand-in data, dataset setup, the whole workflow, held-out evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from custom.cli.common import BUNDLES_DIR, json_dict, need_dir
+from custom.core.bundle import load_bundle_network
+from custom.core.errors import InputError
+
+
+class MaskRefinerCommands:
+    def refiner_generate(self, out_dir: str, patients: int = 100, controls: int = 20, width: int = 192, seed: int = 0):
+        """Write stand-in data for the mask refiner: images, masks, coarse probability maps, splits, coarse Dice.
+
+        The layout is that of a coarse segmenter's output folder (the refiner workflow's --postprocess_dir):
+        images/<id>.png, labels/<id>.png, <id>_probabilities.npy (2, H, W), comprehensive_splits.json,
+        patient_dice_scores.json. Heights vary from 300 to 1000 px.
+
+        Args:
+            out_dir: output folder.
+            patients: images with lesions.
+            controls: images without lesions.
+            width: image width in px.
+            seed: generator seed.
+        """
+        from custom.mask_refiner.data import generate_source
+
+        if int(patients) < 5 or int(controls) < 1 or int(width) < 32:
+            raise InputError("need at least 5 patients, 1 control and a width of 32 px")
+        print(f"stand-in data: {generate_source(need_dir(out_dir), int(patients), int(controls), int(width), seed)}")
+
+    def refiner_setup(self, postprocess_dir: str, output_dir: str, hard_fraction: float = 0.20):
+        """Build the refiner dataset (softmax.npz, image.npy, entropy.npy, distance.npy, y_coord.npy, mask.png per
+        patient, refiner_splits.json with hardness) from a coarse segmenter's output folder. Resumable.
+
+        Args:
+            postprocess_dir: folder with <id>_probabilities.npy, images/, labels/, comprehensive_splits.json and
+                patient_dice_scores.json.
+            output_dir: output folder.
+            hard_fraction: share of training patients, lowest coarse Dice first, that count as hard.
+        """
+        from custom.mask_refiner.data import setup_dataset
+
+        if not Path(str(postprocess_dir)).is_dir():
+            raise InputError(f"{postprocess_dir}: no such folder")
+        splits = setup_dataset(postprocess_dir, need_dir(output_dir), float(hard_fraction))
+        counts = {k: len(splits[k]) for k in ("train", "val", "test")}
+        hard = sum(v == "hard" for v in splits["hardness"].values())
+        print(f"refiner dataset: {output_dir} {counts}, {hard} hard")
+
+    def refiner_workflow(
+        self,
+        postprocess_dir: str,
+        output_dir: str,
+        batch_size: int = 8,
+        max_epochs: int = 100,
+        hard_fraction: float = 0.20,
+        bundle: str = str(BUNDLES_DIR / "mask_refiner_2d"),
+        overrides: str = "{}",
+        gpus: int | None = None,
+    ):
+        """Set up the refiner dataset, train the RefinerUNet with the bundle's train.json, evaluate on the test split.
+
+        Writes OUTPUT_DIR/data (dataset), OUTPUT_DIR/runs (checkpoints, model.pt = best validation Dice, logs) and
+        OUTPUT_DIR/eval (metrics.csv, summary.json: coarse vs refined, harm rate, gain per coarse-Dice quintile).
+
+        Args:
+            postprocess_dir: coarse segmenter output (see refiner-setup); make stand-in data with refiner-generate.
+            output_dir: output folder.
+            batch_size: images per batch; the 5 hard / 1 control / 2 random pattern is scaled to it.
+            max_epochs: training epochs (an epoch sees about as many images as the training set has).
+            hard_fraction: share of training patients that count as hard.
+            bundle: the mask_refiner_2d bundle folder.
+            overrides: JSON dict of further train.json overrides.
+            gpus: GPUs to train on: 0 for the CPU, 1 for the first GPU (default: the first GPU when there is one).
+                Several GPUs train through torchrun with the bundle's multi_gpu_train.json (see its model card).
+        """
+        from monai.bundle import run
+
+        from custom.mask_refiner.evaluation import evaluate_refiner
+        from custom.mask_refiner.samplers import scale_pattern
+
+        extra = json_dict(overrides, example='{"learning_rate": 0.0005}')
+        device = _device_for_gpus(gpus)
+        out = need_dir(output_dir)
+        self.refiner_setup(postprocess_dir, out / "data", hard_fraction)
+        cfg = Path(bundle) / "configs" / "train.json"
+        if not cfg.is_file():
+            raise InputError(f"{bundle}: not a bundle folder (no configs/train.json)")
+        settings = {
+            "bundle_root": str(bundle),
+            "dataset_dir": str(out / "data"),
+            "output_dir": str(out / "runs"),
+            "max_epochs": int(max_epochs),
+            "batch_pattern": scale_pattern(int(batch_size)),
+            **({"device": f"$torch.device({device!r})"} if device else {}),
+            **extra,
+        }
+        run(config_file=str(cfg), **settings)
+        net, _ = load_bundle_network(bundle, out / "runs" / "model.pt", extra)
+        summary = evaluate_refiner(net, out / "data", "test", out / "eval", device="cpu")
+        print(json.dumps({k: v for k, v in summary.items() if k != "by_coarse_dice_quintile"}, indent=1))
+
+    def refiner_evaluate(
+        self,
+        data_dir: str,
+        weights: str,
+        out_dir: str,
+        split: str = "test",
+        bundle: str = str(BUNDLES_DIR / "mask_refiner_2d"),
+        overrides: str = "{}",
+    ):
+        """Held-out metrics of a trained refiner next to the coarse masks it refines.
+
+        Writes OUT_DIR/metrics.csv (per image: Dice, IoU, HD95, surface Dice, false-positive area, coarse and
+        refined) and OUT_DIR/summary.json (means, harm rate, gain per coarse-Dice quintile and on the hard group).
+
+        Args:
+            data_dir: a refiner dataset folder (refiner-setup output).
+            weights: model.pt of the refiner.
+            out_dir: output folder.
+            split: train, val or test.
+            bundle: the mask_refiner_2d bundle folder (its train.json defines the network).
+            overrides: JSON dict of train.json overrides the weights were trained with.
+        """
+        from custom.mask_refiner.evaluation import evaluate_refiner
+
+        if split not in ("train", "val", "test"):
+            raise InputError(f"split must be train, val or test, got {split!r}")
+        if not (Path(data_dir) / "refiner_splits.json").is_file():
+            raise InputError(f"{data_dir}: not a refiner dataset (no refiner_splits.json)")
+        extra = json_dict(overrides, example='{"learning_rate": 0.0005}')
+        net, _ = load_bundle_network(bundle, weights, extra)
+        summary = evaluate_refiner(net, data_dir, split, need_dir(out_dir))
+        print(json.dumps(summary, indent=1))
+
+
+def _device_for_gpus(gpus) -> str | None:
+    """The torch device for ``--gpus`` (None: the bundle's own default, the first GPU when there is one)."""
+    if gpus is None:
+        return None
+    import torch
+
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise InputError(f"--gpus must be a whole number >= 0 (0: the CPU, 1: one GPU), got {gpus!r}")
+    if gpus == 0:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise InputError(f"--gpus {gpus}: no GPU is available here; use --gpus 0 (or leave it out) to train on the CPU")
+    if gpus > 1:
+        raise InputError(
+            f"--gpus {gpus}: this command trains on one GPU; for several, run the bundle's train.json with "
+            "multi_gpu_train.json under torchrun (see bundles/mask_refiner_2d/docs/README.md)"
+        )
+    return "cuda:0"
