@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from monai.engines.utils import IterationEvents
 
@@ -142,3 +144,10 @@ class EMAWarmupState:
         scheduler = getattr(self.ema, "momentum_scheduler", None)
         if scheduler is not None:
             scheduler.event_index = int(state["event_index"])
+
+
+def latest_checkpoint(folder, pattern: str = "checkpoint_*.pt") -> str:
+    """Path of the newest checkpoint in ``folder`` matching ``pattern`` ('' when there is none): where
+    ``--resume true`` continues from."""
+    found = sorted(Path(folder).glob(pattern), key=lambda p: p.stat().st_mtime)
+    return str(found[-1]) if found else ""

@@ -111,8 +111,10 @@ class CascadeCoarsed(MapTransform):
     Args:
         keys: the X-ray key, a (V, N, N) tensor in network-input units (line integral / 8).
         checkpoint: the cascade checkpoint: a plain state dict or a dict with a ``model`` state dict.
-        network: keyword arguments of ``custom.xray2ct.network.CascadeDenoiser`` (as in the cascade bundle's
-            ``network_def``; stage 1, ``use_prev`` false).
+        network: keyword arguments of ``custom.xray2ct.network.CascadeDenoiser`` instead of the bundle's (for weights
+            of another architecture; stage 1, ``use_prev`` false).
+        bundle: the cascade bundle folder; its ``configs/inference.json`` ``network_def`` defines the network, so
+            the refiner never repeats the cascade's sizes.
         output_key: key of the coarse CT, (1, D, D, D) in window units.
         output_size: side to interpolate the cascade's output to (None: the cascade's ``volume_size``).
         num_inference_steps, num_train_timesteps, seed: the DDIM sampling (seeded: the same X-rays always give
@@ -126,6 +128,7 @@ class CascadeCoarsed(MapTransform):
         keys: KeysCollection = "xray",
         checkpoint: str = "",
         network: dict | None = None,
+        bundle: str = "",
         output_key: str = "image",
         output_size: int | None = None,
         num_inference_steps: int = 25,
@@ -141,7 +144,12 @@ class CascadeCoarsed(MapTransform):
                 f"cascade checkpoint {checkpoint!r} not found: set cascade_checkpoint to the cascade bundle's "
                 "models/model.pt, or use coarse_source 'degrade' to train the refiner alone"
             )
-        self.checkpoint, self.network_args = str(checkpoint), dict(network or {})
+        if not network and not (Path(bundle) / "configs" / "inference.json").is_file():
+            raise InputError(
+                f"cascade bundle {bundle!r} not found: set cascade_bundle to the xray2ct_cascade_diffusion bundle "
+                "folder (its configs define the network), or cascade_network to the network's settings"
+            )
+        self.checkpoint, self.bundle, self.network_args = str(checkpoint), str(bundle), dict(network or {})
         self.output_key = output_key
         self.output_size = None if output_size in (None, 0) else int(output_size)
         self.steps, self.timesteps, self.seed = int(num_inference_steps), int(num_train_timesteps), int(seed)
@@ -151,14 +159,17 @@ class CascadeCoarsed(MapTransform):
         self._inferer = None
 
     def _load(self):
-        from custom.core.checkpoint import read_state_dict
+        from custom.core.bundle import load_weights, make_parser, read_bundle_config
         from custom.xray2ct.inferer import DDIMInferer
         from custom.xray2ct.network import CascadeDenoiser
 
-        net = CascadeDenoiser(**self.network_args)
+        if self.network_args:
+            net = CascadeDenoiser(**self.network_args)
+        else:
+            net = make_parser(read_bundle_config(self.bundle), self.bundle).get_parsed_content("network_def")
         if net.use_prev:
             raise ValueError("the coarse input comes from stage 1 of the cascade: set use_prev false")
-        net.load_state_dict(read_state_dict(self.checkpoint))
+        load_weights(net, self.checkpoint)
         self._net = net.to(self.device).eval().requires_grad_(False)
         self._inferer = DDIMInferer(
             net.volume_size, self.timesteps, self.steps, num_samples=self.num_samples, seed=self.seed
@@ -182,6 +193,24 @@ class CascadeCoarsed(MapTransform):
             out = torch.as_tensor(Resize((self.output_size,) * 3, mode=mode)(out))
         d[self.output_key] = out.float()
         return d
+
+
+COARSE_SOURCES = ("degrade", "cascade", "file")
+
+
+def coarse_input(source: str, degrade: dict | None = None, cascade: dict | None = None, file: dict | None = None):
+    """The transform that makes the refiner's coarse input (key ``image``) from the chosen ``source``.
+
+    ``degrade``: the ground truth blurred, noised and shrunk (:class:`DegradeCTd`); ``cascade``: the frozen cascade
+    stage sampled on the case's X-rays (:class:`CascadeCoarsed`); ``file``: a CT read from a file
+    (:class:`LoadCoarseCTd`). Each of the three dicts holds the keyword arguments of its transform; only the chosen
+    one is built, so a missing cascade checkpoint does not matter when the coarse CTs come from files.
+    """
+    if source not in COARSE_SOURCES:
+        raise InputError(f"coarse_source must be one of {list(COARSE_SOURCES)}, got {source!r}")
+    kinds = {"degrade": (DegradeCTd, degrade), "cascade": (CascadeCoarsed, cascade), "file": (LoadCoarseCTd, file)}
+    kind, options = kinds[source]
+    return kind(**(options or {}))
 
 
 # file names that say nothing about the case: the case is then named after the folder (``<case>/ct.nii.gz`` is how
