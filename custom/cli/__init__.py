@@ -12,7 +12,7 @@ from custom.cli.bundles import BundleCommands
 from custom.cli.data import DataCommands
 from custom.cli.mask_refiner import MaskRefinerCommands
 from custom.cli.xray2ct import XRayToCTCommands
-from custom.core.errors import InputError
+from custom.core.bundle.errors import input_error_in
 
 
 class Commands(DataCommands, XRayToCTCommands, MaskRefinerCommands, BundleCommands):
@@ -24,8 +24,12 @@ def main(argv=None) -> int:
 
     try:
         fire.Fire(Commands(), command=argv, name="custom")
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        # a bundle run inside a command (demo, refiner-workflow) wraps the InputError in MONAI's RuntimeErrors
+        error = input_error_in(e)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

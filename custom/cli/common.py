@@ -1,4 +1,10 @@
-"""What every command group shares: output folders, JSON options, geometry arguments."""
+"""What every command group shares: option checks, output folders, JSON options, geometry arguments.
+
+Fire hands a command the options as it parsed them (``2.5`` a float, ``false`` a string, ``abc`` a string), so each
+option is checked at the start of its command, before any work, by the helper for its kind: :func:`as_int`,
+:func:`as_float`, :func:`as_bool`, :func:`as_choice` (one implementation, :mod:`custom.core.options`, shared with the
+bundles' request checks), and output folders by :func:`need_dir_path`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,20 @@ import os
 from pathlib import Path
 
 from custom.core.errors import InputError
+from custom.core.options import as_bool, as_choice, as_float, as_int, writable_dir
+
+__all__ = [
+    "as_bool",
+    "as_choice",
+    "as_float",
+    "as_int",
+    "config_defaults",
+    "geometry_arg",
+    "json_dict",
+    "need_dir",
+    "need_dir_path",
+    "square_size",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
@@ -30,7 +50,8 @@ def config_defaults(path, given: dict) -> dict:
 
 
 def json_dict(value, option: str = "--overrides", example: str = '{"volume_size": 64}') -> dict:
-    """A JSON object option (a string on the command line, a dict from Python)."""
+    """A JSON object option (a string on the command line, a dict from Python). The types of its values are checked
+    against the bundle's config where it is applied (:func:`custom.core.bundle.loading.check_overrides`)."""
     if isinstance(value, dict):
         return dict(value)
     try:
@@ -42,18 +63,20 @@ def json_dict(value, option: str = "--overrides", example: str = '{"volume_size"
     return parsed
 
 
-def need_dir_path(out_dir) -> Path:
-    """Validate an output folder argument without creating anything."""
+def need_dir_path(out_dir, option: str = "out_dir") -> Path:
+    """Validate an output folder argument without creating anything: a folder (or a path that can become one) that
+    this process can write to, so that a command fails at its start, not after its work is done."""
     if out_dir is None or str(out_dir).strip() == "":
         raise InputError("give an output folder")
     path = Path(os.fspath(str(out_dir))).expanduser()
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: exists and is not a folder")
+    writable_dir(path, option)
     return path
 
 
-def need_dir(out_dir) -> Path:
-    path = need_dir_path(out_dir)
+def need_dir(out_dir, option: str = "out_dir") -> Path:
+    path = need_dir_path(out_dir, option)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -65,9 +88,7 @@ def square_size(size) -> int:
                 f"the detector must be square (both views feed square 2D encoders): got {size}; give one --size"
             )
         size = size[0]
-    if int(size) != size or int(size) < 2:
-        raise InputError(f"--size must be an integer >= 2, got {size}")
-    return int(size)
+    return as_int(size, "--size", 2)
 
 
 def geometry_arg(geometry, size):

@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 import sys
 
-from custom.cli.common import CONFIG_DIR, config_defaults, geometry_arg, need_dir, need_dir_path
+from custom.cli.common import (
+    CONFIG_DIR,
+    as_bool,
+    as_float,
+    as_int,
+    config_defaults,
+    geometry_arg,
+    need_dir,
+    need_dir_path,
+)
 from custom.core.errors import InputError
 
 
@@ -20,12 +29,14 @@ class DataCommands:
             seed: first seed.
             fov: side of the cube in mm (spacing = fov / size).
         """
-        from custom.datasets.phantom import write_phantoms
+        from custom.core.memory import check_memory
+        from custom.datasets.phantom import PHANTOM_BYTES_PER_VOXEL, write_phantoms
 
+        count, size, seed = as_int(count, "--count", 1), as_int(size, "--size", 8), as_int(seed, "--seed", 0)
+        fov = as_float(fov, "--fov", above=0, hint=" (mm)")
+        check_memory(PHANTOM_BYTES_PER_VOXEL * size**3, f"a {size}^3 phantom", "--size")
         out = need_dir(out_dir)
-        if int(count) < 1 or int(size) < 8:
-            raise InputError(f"count must be >= 1 and size >= 8, got {count} and {size}")
-        paths = write_phantoms(out, int(count), int(size), int(seed), float(fov))
+        paths = write_phantoms(out, count, size, seed, fov)
         print(f"{len(paths)} phantoms in {out}")
 
     def sample_data(self, out_dir: str = "data/sample", wheel: str | None = None):
@@ -102,9 +113,12 @@ class DataCommands:
             num_workers=num_workers,
         )
         opts = config_defaults(config or CONFIG_DIR / "prepare.json", given)
-        out = need_dir(out_dir)
+        opts = _prepare_options(opts)
+        merge = as_bool(merge, "--merge")
+        need_dir_path(out_dir)
         geometry_arg(opts["geometry"], opts["detector_size"] or opts["size"])
-        summary = prepare_dataset(source, out, shard=shard, merge=bool(merge), **opts)
+        out = need_dir(out_dir)
+        summary = prepare_dataset(source, out, shard=shard, merge=merge, **opts)
         for cid, err in summary["failed"].items():
             print(f"skipped {cid}: {err}", file=sys.stderr)
         if summary["datalist"]:
@@ -137,14 +151,36 @@ class DataCommands:
             series_uid: which series, when the DICOM folder holds several.
         """
         from custom.core.ct import load_ct
+        from custom.core.memory import check_memory
+        from custom.core.physics import drr_memory_bytes
         from custom.datasets.drr import render_drrs, write_drr_outputs
 
         need_dir_path(out_dir)
         geo = geometry_arg(geometry, size)
-        if mu_water is not None and not float(mu_water) > 0:
-            raise InputError(f"--mu_water must be positive (attenuation in 1/mm; water: 0.0193), got {mu_water}")
+        if mu_water is not None:
+            mu_water = as_float(mu_water, "--mu_water", above=0, hint=" (attenuation in 1/mm; water: 0.0193)")
         ct = load_ct(ct_path, series_uid=series_uid)
+        check_memory(
+            drr_memory_bytes(ct.shape[1:], geo.detector_pixels),
+            f"rendering {geo.detector_pixels} x {geo.detector_pixels} px DRRs of a {' x '.join(map(str, ct.shape[1:]))} CT",
+            "--size (detector pixels per side)",
+        )
         drr, _ = render_drrs(ct, geo, mu_water)
         out = need_dir(out_dir)  # created only once the inputs are known to be good
         files = write_drr_outputs(drr, geo, out)
         print(json.dumps(files, indent=1))
+
+
+def _prepare_options(opts: dict) -> dict:
+    """``prepare``'s settings (flags over configs/prepare.json), each checked for its kind and range."""
+    out = dict(opts)
+    out["size"] = as_int(opts["size"], "--size", 8)
+    if opts["detector_size"] is not None:
+        out["detector_size"] = as_int(opts["detector_size"], "--detector_size", 2)
+    out["cube_mm"] = as_float(opts["cube_mm"], "--cube_mm", above=0, hint=" (mm)")
+    out["iso_spacing"] = as_float(opts["iso_spacing"], "--iso_spacing", above=0, hint=" (mm)")
+    out["seed"] = as_int(opts["seed"], "--seed", 0)
+    for key in ("val_fraction", "test_fraction"):
+        out[key] = as_float(opts[key], f"--{key}", 0.0, 1.0)
+    out["num_workers"] = as_int(opts["num_workers"], "--num_workers", 1)
+    return out

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from custom.cli.common import BUNDLES_DIR, json_dict, need_dir
-from custom.core.bundle import load_bundle_network
+from custom.cli.common import BUNDLES_DIR, as_choice, as_float, as_int, json_dict, need_dir, need_dir_path
+from custom.core.bundle import load_bundle_network, make_parser, read_bundle_config
 from custom.core.errors import InputError
 
 
@@ -27,9 +27,9 @@ class MaskRefinerCommands:
         """
         from custom.mask_refiner.data import generate_source
 
-        if int(patients) < 5 or int(controls) < 1 or int(width) < 32:
-            raise InputError("need at least 5 patients, 1 control and a width of 32 px")
-        print(f"stand-in data: {generate_source(need_dir(out_dir), int(patients), int(controls), int(width), seed)}")
+        patients, controls = as_int(patients, "--patients", 5), as_int(controls, "--controls", 1)
+        width, seed = as_int(width, "--width", 32), as_int(seed, "--seed", 0)
+        print(f"stand-in data: {generate_source(need_dir(out_dir), patients, controls, width, seed)}")
 
     def refiner_setup(self, postprocess_dir: str, output_dir: str, hard_fraction: float = 0.20):
         """Build the refiner dataset (softmax.npz, image.npy, entropy.npy, distance.npy, y_coord.npy, mask.png per
@@ -43,9 +43,10 @@ class MaskRefinerCommands:
         """
         from custom.mask_refiner.data import setup_dataset
 
+        hard_fraction = _hard_fraction(hard_fraction)
         if not Path(str(postprocess_dir)).is_dir():
             raise InputError(f"{postprocess_dir}: no such folder")
-        splits = setup_dataset(postprocess_dir, need_dir(output_dir), float(hard_fraction))
+        splits = setup_dataset(postprocess_dir, need_dir(output_dir, "--output_dir"), hard_fraction)
         counts = {k: len(splits[k]) for k in ("train", "val", "test")}
         hard = sum(v == "hard" for v in splits["hardness"].values())
         print(f"refiner dataset: {output_dir} {counts}, {hard} hard")
@@ -83,18 +84,21 @@ class MaskRefinerCommands:
         from custom.mask_refiner.samplers import scale_pattern
 
         extra = json_dict(overrides, example='{"learning_rate": 0.0005}')
+        batch_size, max_epochs = as_int(batch_size, "--batch_size", 1), as_int(max_epochs, "--max_epochs", 1)
+        hard_fraction = _hard_fraction(hard_fraction)
         device = _device_for_gpus(gpus)
-        out = need_dir(output_dir)
-        self.refiner_setup(postprocess_dir, out / "data", hard_fraction)
         cfg = Path(bundle) / "configs" / "train.json"
         if not cfg.is_file():
             raise InputError(f"{bundle}: not a bundle folder (no configs/train.json)")
+        make_parser(read_bundle_config(bundle, "train.json"), bundle, extra)  # refuses bad overrides before training
+        out = need_dir(output_dir, "--output_dir")
+        self.refiner_setup(postprocess_dir, out / "data", hard_fraction)
         settings = {
             "bundle_root": str(bundle),
             "dataset_dir": str(out / "data"),
             "output_dir": str(out / "runs"),
-            "max_epochs": int(max_epochs),
-            "batch_pattern": scale_pattern(int(batch_size)),
+            "max_epochs": max_epochs,
+            "batch_pattern": scale_pattern(batch_size),
             **({"device": f"$torch.device({device!r})"} if device else {}),
             **extra,
         }
@@ -127,14 +131,21 @@ class MaskRefinerCommands:
         """
         from custom.mask_refiner.evaluation import evaluate_refiner
 
-        if split not in ("train", "val", "test"):
-            raise InputError(f"split must be train, val or test, got {split!r}")
+        split = as_choice(split, "--split", ("train", "val", "test"))
         if not (Path(data_dir) / "refiner_splits.json").is_file():
             raise InputError(f"{data_dir}: not a refiner dataset (no refiner_splits.json)")
         extra = json_dict(overrides, example='{"learning_rate": 0.0005}')
+        need_dir_path(out_dir)
         net, _ = load_bundle_network(bundle, weights, extra)
         summary = evaluate_refiner(net, data_dir, split, need_dir(out_dir))
         print(json.dumps(summary, indent=1))
+
+
+def _hard_fraction(value) -> float:
+    value = as_float(value, "--hard_fraction", above=0.0, hint=" (a share of the training patients)")
+    if not value < 1:
+        raise InputError(f"--hard_fraction must be below 1 (a share of the training patients), got {value:g}")
+    return value
 
 
 def _device_for_gpus(gpus) -> str | None:

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from custom.cli.common import BUNDLES_DIR, json_dict, need_dir, need_dir_path
+from custom.cli.common import BUNDLES_DIR, as_bool, as_int, json_dict, need_dir, need_dir_path
 from custom.core.bundle import load_bundle_network
 from custom.core.errors import InputError
 
@@ -51,6 +51,11 @@ class XRayToCTCommands:
         from custom.xray2ct.inferer import DDIMInferer
 
         ov = json_dict(overrides)
+        steps, num_samples = as_int(steps, "--steps", 1), as_int(num_samples, "--num_samples", 1)
+        seed = as_int(seed, "--seed", 0)
+        max_cases, max_train_cases = as_int(max_cases, "--max_cases", 1), as_int(
+            max_train_cases, "--max_train_cases", 1
+        )
         for path in [datalist] + ([extra_datalist] if extra_datalist else []):
             if not Path(path).is_file():
                 raise InputError(f"{path}: no such datalist (made by `python -m custom prepare`)")
@@ -63,18 +68,22 @@ class XRayToCTCommands:
             with open(path) as f:
                 return [(e, Path(path).parent) for e in json.load(f).get(key, [])]
 
-        test = entries(datalist, "test")[: int(max_cases)]
+        test = entries(datalist, "test")[:max_cases]
         if extra_datalist:
             test += entries(extra_datalist, "test")
         if not test:
             raise InputError(f"{datalist}: no test cases")
-        train = entries(datalist, "training")[: int(max_train_cases)]
+        train = entries(datalist, "training")[:max_train_cases]
         if not train:
             raise InputError(f"{datalist}: no training cases; the baselines (mean CT, back-projection) fit on them")
         out = need_dir(out_dir)
         cases = [(e["case_id"], *load_case(e, base, d, n, parser["geometry"])) for e, base in test]
         train_pairs = [load_case(e, base, d, n, parser["geometry"]) for e, base in train]
-        inferer = DDIMInferer(d, parser["num_train_timesteps"], int(steps), num_samples=int(num_samples), seed=seed)
+        if steps > int(parser["num_train_timesteps"]):
+            raise InputError(
+                f"--steps must be at most num_train_timesteps ({parser['num_train_timesteps']}), got {steps}"
+            )
+        inferer = DDIMInferer(d, parser["num_train_timesteps"], steps, num_samples=num_samples, seed=seed)
 
         def reconstruct(case_id, xray):
             with torch.no_grad():
@@ -126,10 +135,12 @@ class XRayToCTCommands:
         from custom.datasets.prepare import prepare_dataset
         from custom.xray2ct.evaluation import evaluate, load_case
 
-        if int(count) < 0 or int(steps) < 1 or int(num_samples) < 1:
-            raise InputError(
-                f"need --count >= 0, --steps >= 1, --num_samples >= 1; got {count}, {steps}, {num_samples}"
-            )
+        count, steps = as_int(count, "--count", 0), as_int(steps, "--steps", 1)
+        num_samples, seed, real = (
+            as_int(num_samples, "--num_samples", 1),
+            as_int(seed, "--seed", 0),
+            as_bool(real, "--real"),
+        )
         bundle = Path(bundle) if bundle else BUNDLES_DIR / "xray2ct_cascade_diffusion"
         weights = bundle / "models" / "model.pt"
         if not weights.is_file():
@@ -137,8 +148,8 @@ class XRayToCTCommands:
         out = need_dir(out_dir)
         t0 = time.perf_counter()
         sources = out / "data" / "sources"
-        if int(count):
-            write_phantoms(sources, int(count), 128, seed=100000, progress=False)
+        if count:
+            write_phantoms(sources, count, 128, seed=100000, progress=False)
         if real:
             from custom.datasets.sample_data import extract_sample_ct
 
@@ -157,9 +168,9 @@ class XRayToCTCommands:
             bundle_root=str(bundle),
             dataset_dir=str(prepared),
             output_dir=str(out),
-            num_inference_steps=int(steps),
-            num_samples=int(num_samples),
-            seed=int(seed),
+            num_inference_steps=steps,
+            num_samples=num_samples,
+            seed=seed,
         )
         cfg = ConfigParser()
         cfg.read_config(str(bundle / "configs" / "inference.json"))
@@ -168,7 +179,7 @@ class XRayToCTCommands:
             cases = [(e["case_id"], *load_case(e, prepared, d, n, cfg["geometry"])) for e in json.load(f)["test"]]
         load = LoadImage(image_only=True)
         preds = {cid: torch.as_tensor(load(str(out / cid / "ct.nii.gz"))).float() for cid, _, _ in cases}
-        settings = {"steps": int(steps), "num_samples": int(num_samples), "seed": int(seed)}
+        settings = {"steps": steps, "num_samples": num_samples, "seed": seed}
         summary, rows = evaluate(
             lambda case_id, xray: preds[case_id],
             cases,

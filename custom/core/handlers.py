@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from monai.engines.utils import IterationEvents
+from monai.handlers import ValidationHandler
 
 
 class GradientClipping:
@@ -41,6 +42,29 @@ class LossComponentsLogger:
     def __call__(self, engine) -> None:
         parts = " ".join(f"{k}: {v:.4f}" for k, v in getattr(self.loss, "last", {}).items())
         engine.logger.info(f"Epoch {engine.state.epoch} iteration {engine.state.iteration} {self.name} -- {parts}")
+
+
+class EpochValidationHandler(ValidationHandler):
+    """MONAI's ``ValidationHandler`` at epoch level that also validates after the last epoch of the run.
+
+    MONAI's validates every ``interval`` epochs only, so a run shorter than ``interval`` epochs (or one whose length
+    is not a multiple of it) ends without validating its final weights, and the best-metric checkpoint they would
+    have written (``model.pt``) never appears. Same arguments as ``monai.handlers.ValidationHandler``, without
+    ``epoch_level``.
+    """
+
+    def __init__(self, interval: int, validator=None, exec_at_start: bool = False):
+        super().__init__(interval, validator, epoch_level=True, exec_at_start=exec_at_start)
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        def due(engine, epoch) -> bool:
+            return epoch % self.interval == 0 or epoch == engine.state.max_epochs
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=due), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
 
 
 class CopyWeights:

@@ -22,6 +22,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from custom.core.errors import InputError
+from custom.core.options import as_bool, need_file
 from custom.core.physics.geometry import ProjectionGeometry
 
 # Line integrals of chest DRRs span about 0..8 (soft tissue ~0.02/mm over 200-300 mm, plus bone).
@@ -231,6 +232,22 @@ def check_view_pair(frontal: torch.Tensor, lateral: torch.Tensor, line_integrals
             )
 
 
+def check_view_paths(frontal_path="", lateral_path="", required: bool = False) -> None:
+    """Both X-ray paths or neither (``required``: both), as bundle keys ``frontal_path``/``lateral_path``; each given
+    file must exist. The models see the two views together, so one alone is refused before anything is loaded."""
+    paths = {"frontal": frontal_path, "lateral": lateral_path}
+    if not (frontal_path or lateral_path) and not required:
+        return
+    for view, other in (("frontal", "lateral"), ("lateral", "frontal")):
+        if not paths[view]:
+            raise InputError(
+                f"no {view} X-ray given; set {view}_path (a DICOM, PNG or NIfTI file) next to {other}_path: the two "
+                "views go in together"
+            )
+    for view, path in paths.items():
+        need_file(path, f"{view}_path")
+
+
 class LoadXRayd(MapTransform):
     """Dictionary transform: read the radiographs of ``keys`` and turn them into network inputs on the detector grid.
 
@@ -253,7 +270,7 @@ class LoadXRayd(MapTransform):
         from custom.core.physics import get_geometry
 
         super().__init__(keys, allow_missing_keys)
-        self.check_views = bool(check_views)
+        self.check_views = as_bool(check_views, "check_views")  # 'false' from a command line is a truthy string
         geo = get_geometry(geometry) if isinstance(geometry, str) else geometry
         self.geometry = geo.resized(int(size))
 

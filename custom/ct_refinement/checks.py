@@ -8,6 +8,7 @@ from pathlib import Path
 from custom.core.bundle.errors import bundle_check
 from custom.core.errors import InputError
 from custom.core.options import as_bool, as_choice, as_int, need_file, writable_dir
+from custom.core.xray import check_view_paths
 from custom.ct_refinement.coarse import check_refiner_inputs
 
 VARIANTS = ("a", "b")
@@ -56,14 +57,12 @@ def check_inference_request(
 ) -> None:
     """``inference.json`` (and variant B on top): variant, grid, weights, inputs, a writable output folder."""
     variant = as_choice(variant, "variant", VARIANTS)
+    check_view_paths(frontal_path, lateral_path)
     check_refiner_inputs(variant, coarse_path, frontal_path, lateral_path)
     _check_grid(variant, volume_size, scale_factor, channels)
     need_file(ckpt_path, "ckpt_path", f"; set ckpt_path to variant {variant.upper()}'s weights")
     if coarse_path and not Path(str(coarse_path)).expanduser().exists():  # a file, or a DICOM series folder
         raise InputError(f"coarse_path {coarse_path}: no such file or folder")
-    for key, path in (("frontal_path", frontal_path), ("lateral_path", lateral_path)):
-        if path:
-            need_file(path, key)
     if not (coarse_path or frontal_path):
         need_file(datalist, "datalist", "; set dataset_dir to a prepared folder, or give coarse_path")
     _check_cascade(coarse_source, cascade_num_inference_steps, cascade_num_samples)

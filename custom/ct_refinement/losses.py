@@ -99,7 +99,8 @@ class SuperResolutionLoss(_WeightedLoss):
     1.0, 2.0, 0.1, 0.1, 0.5 (SSIM weighted highest, to optimize structural similarity directly; Sobel edges for
     sharp boundaries; MS keeps the scales consistent). ``pred`` is the network's output: one (B, C, rD, rD, rD)
     tensor, or the list of its outputs at every scale, finest first (training mode); the full-resolution terms use
-    the first. MS is the mean L1 of the coarser outputs against the target averaged down ("area") to their size.
+    the first. MS is the mean L1 of the coarser outputs against the target averaged down ("area") to their size;
+    MONAI's ``DeepSupervisionLoss`` would shrink the target by nearest-neighbour sampling and sum the scales.
 
     Args:
         weights: term weights, overriding the defaults.

@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 
 AIR, LUNG, FAT, SOFT, BLOOD, DISC, CSF = -1000.0, -850.0, -100.0, 40.0, 45.0, 80.0, 15.0
+# peak memory of chest_phantom per voxel of the cube: coordinate grids, occupancies and the volume in float32
+# (measured: 92 bytes at 128^3, rounded up)
+PHANTOM_BYTES_PER_VOXEL = 100
 
 
 def _smooth_step(d: torch.Tensor, width: float) -> torch.Tensor:
@@ -217,10 +220,11 @@ def write_phantoms(out_dir, count: int = 8, size: int = 128, seed: int = 0, fov:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from custom.core.io import save_nifti
+    from custom.core.io import remove_stale_temporaries, save_nifti
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # partial files of a killed run
     paths = []
     for s in tqdm(range(int(seed), int(seed) + int(count)), desc="phantoms", unit="ct", disable=not progress):
         path = out / f"phantom_{s:05d}.nii.gz"

@@ -6,10 +6,10 @@ Per case, in ``OUT/cases/<case_id>/``: ``ct.nii.gz`` (HU at ``size``^3 over a ``
 (one config key of the bundle), so changing it must not require preparing the data again.
 
 Runs are resumable and idempotent: a case is built in a hidden temporary folder and renamed into place when
-complete, so a crash leaves no half-written case, and a re-run skips cases whose ``case.json`` records the same
-settings. ``shard="I/N"`` processes every N-th case, so several processes or cluster nodes can share a collection;
-the datalist (``datalist.json``: ``training``/``validation``/``test`` split by patient with a seeded shuffle) is
-written by whichever run finds every case done, or by ``merge=True``.
+complete, so a crash leaves no half-written case, a re-run removes the temporary folders of a killed run and skips
+cases whose ``case.json`` records the same settings. ``shard="I/N"`` processes every N-th case, so several processes
+or cluster nodes can share a collection; the datalist (``datalist.json``: ``training``/``validation``/``test``
+split by patient with a seeded shuffle) is written by whichever run finds every case done, or by ``merge=True``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -29,7 +27,8 @@ import numpy as np
 
 from custom.core.ct import _is_nifti, _maybe_dicom, _series_headers
 from custom.core.errors import InputError
-from custom.core.io import save_json
+from custom.core.io import atomic_dir, remove_stale_temporaries, save_json
+from custom.core.memory import check_memory
 
 SPLITS = ("training", "validation", "test")
 IGNORED_FOLDERS = {"labels", "label", "masks", "mask", "segmentations"}
@@ -127,6 +126,16 @@ def _settings(size, detector_size, geometry, cube_mm, iso_spacing, mu_water) -> 
     }
 
 
+def case_memory_bytes(settings: dict) -> int:
+    """Peak bytes of building one case: the CT resampled to the isotropic cube, resized to ``size``^3 (several
+    float32 copies while resampling; measured 110 bytes per voxel at 256^3, rounded up) and its two DRRs."""
+    from custom.core.physics import drr_memory_bytes
+
+    size, detector = settings["size"], settings["geometry"]["detector_pixels"]
+    iso = int(round(settings["cube_mm"] / settings["iso_spacing"]))
+    return int(12 * iso**3 + 64 * size**3 + drr_memory_bytes((size,) * 3, detector))
+
+
 def _case_done(case_dir: Path, settings: dict) -> bool:
     meta = case_dir / "case.json"
     if not meta.is_file():
@@ -150,44 +159,37 @@ def _build_case(case: Case, cases_dir: str, settings: dict, threads: int) -> tup
     from custom.core.xray import save_xray
 
     torch.set_num_threads(max(1, threads))
-    final = Path(cases_dir) / case.case_id
-    tmp = Path(tempfile.mkdtemp(prefix=f".{case.case_id}.", suffix=".tmp", dir=cases_dir))
     try:
-        ct = load_ct(case.path, series_uid=case.series_uid)
-        hu = preprocess_ct(ct, settings["size"], settings["cube_mm"], settings["iso_spacing"])
-        geo = ProjectionGeometry(**settings["geometry"])
-        with torch.no_grad():
-            drr = DRR(geo, ("frontal", "lateral"), settings["mu_water"])(hu[None])[0]
-        # centred on the origin like the DRR isocentre and every reconstruction, so they overlay in a viewer
-        affine = cube_affine(settings["size"], settings["cube_mm"])
-        save_nifti(hu[0].numpy(), affine, tmp / "ct.nii.gz", dtype=np.int16, description="CT in HU")
-        save_xray(drr[0], geo, tmp / "frontal.nii.gz")
-        save_xray(drr[1], geo, tmp / "lateral.nii.gz")
-        preview = hstack(ct_slices_display(hu[0]) + [xray_display(drr[0]), xray_display(drr[1])], height=192)
-        save_png(preview, tmp / "preview.png")
-        save_json(
-            {
-                "case_id": case.case_id,
-                "patient_id": case.patient_id,
-                "source": case.path,
-                "series_uid": case.series_uid,
-                "settings": settings,
-                "source_spacing": [float(s) for s in ct.pixdim[:3]],
-                "source_shape": [int(s) for s in ct.shape[1:]],
-            },
-            tmp / "case.json",
-        )
-        if final.exists():
-            shutil.rmtree(final)  # stale settings: replaced by the complete new case
-        os.replace(tmp, final)
+        with atomic_dir(Path(cases_dir) / case.case_id) as tmp:  # replaces a case of stale settings when complete
+            ct = load_ct(case.path, series_uid=case.series_uid)
+            hu = preprocess_ct(ct, settings["size"], settings["cube_mm"], settings["iso_spacing"])
+            geo = ProjectionGeometry(**settings["geometry"])
+            with torch.no_grad():
+                drr = DRR(geo, ("frontal", "lateral"), settings["mu_water"])(hu[None])[0]
+            # centred on the origin like the DRR isocentre and every reconstruction, so they overlay in a viewer
+            affine = cube_affine(settings["size"], settings["cube_mm"])
+            save_nifti(hu[0].numpy(), affine, tmp / "ct.nii.gz", dtype=np.int16, description="CT in HU")
+            save_xray(drr[0], geo, tmp / "frontal.nii.gz")
+            save_xray(drr[1], geo, tmp / "lateral.nii.gz")
+            preview = hstack(ct_slices_display(hu[0]) + [xray_display(drr[0]), xray_display(drr[1])], height=192)
+            save_png(preview, tmp / "preview.png")
+            save_json(
+                {
+                    "case_id": case.case_id,
+                    "patient_id": case.patient_id,
+                    "source": case.path,
+                    "series_uid": case.series_uid,
+                    "settings": settings,
+                    "source_spacing": [float(s) for s in ct.pixdim[:3]],
+                    "source_shape": [int(s) for s in ct.shape[1:]],
+                },
+                tmp / "case.json",
+            )
         return case.case_id, None
     except InputError as e:
         return case.case_id, str(e)
     except Exception as e:  # one unreadable case must not stop a 1000-case run; it is reported at the end
         return case.case_id, f"{type(e).__name__}: {e}"
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _parse_shard(shard) -> tuple[int, int]:
@@ -254,6 +256,8 @@ def prepare_dataset(
     out_dir = Path(os.fspath(out_dir)).expanduser()
     cases_dir = out_dir / "cases"
     cases_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (cases_dir, out_dir):  # half-built cases and files of a run that was killed
+        remove_stale_temporaries(folder)
     settings = _settings(size, detector_size, geometry, cube_mm, iso_spacing, mu_water or MU_WATER_70KEV)
     cases = find_cases(source)
     if split == "auto":
@@ -263,6 +267,14 @@ def prepare_dataset(
 
     mine = [c for n, c in enumerate(cases) if n % n_shard == i_shard]
     todo = [] if merge else [c for c in mine if not _case_done(cases_dir / c.case_id, settings)]
+    if todo:
+        workers = min(int(num_workers), len(todo))
+        check_memory(
+            case_memory_bytes(settings) * workers,
+            f"building {workers} case(s) at once at size {settings['size']} with "
+            f"{settings['geometry']['detector_pixels']} px DRRs",
+            "--size, --detector_size" + (" or --num_workers" if workers > 1 else ""),
+        )
     failed = {}
     threads = max(1, (os.cpu_count() or 1) // int(num_workers))
     bar = tqdm(total=len(todo), desc=f"prepare {i_shard}/{n_shard}", unit="case", disable=not progress)

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from custom.core.errors import InputError
-from custom.core.io import atomic_path, save_json, save_png
+from custom.core.io import atomic_path, load_array, save_json, save_png
 
 CHANNELS = ("softmax_bg", "softmax_fg", "image", "entropy", "distance", "y_coord")
 # Probability above which a pixel is foreground: makes the coarse mask from the coarse map and the refined mask
@@ -195,7 +195,7 @@ def setup_dataset(postprocess_dir, output_dir, hard_fraction: float = 0.20) -> d
         prob_path = src / f"{pid}_probabilities.npy"
         if not prob_path.is_file():
             raise InputError(f"{prob_path}: missing probability map for {pid}")
-        probs = np.load(prob_path, allow_pickle=False).astype(np.float32)
+        probs = load_array(prob_path).astype(np.float32)
         if probs.ndim != 3 or probs.shape[0] != 2:
             raise InputError(f"{prob_path}: expected shape (2, H, W), got {probs.shape}")
         img = _load_image_2d(_find_image(src / "images", pid)).astype(np.float32)
@@ -234,8 +234,8 @@ def setup_dataset(postprocess_dir, output_dir, hard_fraction: float = 0.20) -> d
 def load_case(case_dir) -> tuple[np.ndarray, np.ndarray]:
     """(inputs (6, H, W) in CHANNELS order, mask (H, W) float32) of a refiner case folder."""
     d = Path(os.fspath(case_dir))
-    probs = np.load(d / "softmax.npz")["softmax"]
-    chans = [probs[0], probs[1]] + [np.load(d / f"{n}.npy") for n in CHANNELS[2:]]
+    probs = load_array(d / "softmax.npz", "softmax")
+    chans = [probs[0], probs[1]] + [load_array(d / f"{n}.npy") for n in CHANNELS[2:]]
     mask = (_read_png(d / "mask.png") > 0).astype(np.float32)
     return np.stack(chans).astype(np.float32), mask
 
@@ -280,7 +280,7 @@ def _find_image(folder: Path, pid: str) -> Path:
 def _load_image_2d(path: Path) -> np.ndarray:
     name = path.name.lower()
     if name.endswith(".npy"):
-        return np.load(path, allow_pickle=False)
+        return load_array(path)
     if name.endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff")):
         return _read_png(path).astype(np.float32)
     from custom.core.xray import load_xray  # DICOM and NIfTI slices: the radiograph reader handles both
@@ -303,7 +303,7 @@ class PrepareRefinerInputd:
                 raise InputError(f"{key}: no such file {data.get(key)!r}; set {key}_path")
         img_path, prob_path = Path(str(data["image"])), Path(str(data["probabilities"]))
         image = _load_image_2d(img_path).astype(np.float32)
-        probs = np.load(prob_path, allow_pickle=False).astype(np.float32)
+        probs = load_array(prob_path).astype(np.float32)
         fg = probs[1] if probs.ndim == 3 and probs.shape[0] == 2 else probs
         if fg.ndim != 2:
             raise InputError(f"{prob_path}: expected (2, H, W) or (H, W) probabilities, got {probs.shape}")

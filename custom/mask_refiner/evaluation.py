@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric
+from monai.metrics import HausdorffDistanceMetric, MeanIoU, SurfaceDiceMetric
 
 from custom.core.io import save_report
 from custom.mask_refiner.data import MASK_THRESHOLD, dice, load_case
@@ -23,17 +23,13 @@ from custom.mask_refiner.data import MASK_THRESHOLD, dice, load_case
 HARM_TOLERANCE = 1e-3  # a Dice drop smaller than this is rounding, not harm
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = (a | b).sum()
-    return 1.0 if union == 0 else float((a & b).sum() / union)
-
-
 def mask_metrics(pred: np.ndarray, gt: np.ndarray, spacing=(1.0, 1.0), tolerance: float = 2.0) -> dict:
     """Dice, IoU, HD95 (mm) and surface Dice (tolerance in mm) of two (H, W) boolean masks."""
-    out = {"dice": dice(pred, gt), "iou": _iou(pred, gt)}
+    p = torch.from_numpy(pred[None, None].astype(np.float32))
+    g = torch.from_numpy(gt[None, None].astype(np.float32))
+    # ignore_empty=False: two empty masks agree perfectly (IoU 1), as for Dice
+    out = {"dice": dice(pred, gt), "iou": float(MeanIoU(include_background=True, ignore_empty=False)(p, g))}
     if pred.any() and gt.any():
-        p = torch.from_numpy(pred[None, None].astype(np.float32))
-        g = torch.from_numpy(gt[None, None].astype(np.float32))
         out["hd95"] = float(HausdorffDistanceMetric(include_background=True, percentile=95)(p, g, spacing=spacing))
         surface = SurfaceDiceMetric(class_thresholds=[tolerance], include_background=True)
         out["surface_dice"] = float(surface(p, g, spacing=spacing))

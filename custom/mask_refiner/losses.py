@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss
+from monai.losses import MaskedDiceLoss
 from scipy import ndimage
 from torch import nn
 
@@ -35,7 +35,9 @@ class RefinerLoss(nn.Module):
 
     * Dice is a batch Dice (MONAI ``DiceLoss(batch=True)``): an empty control image still gets a gradient from the
       batch's foreground sum, where a per-image Dice on an empty mask is constant.
-    * BCE and the surface term are means over valid pixels.
+    * BCE and the surface term are means over valid pixels. Not MONAI's ``BoundaryLoss``, which takes no pixel
+      spacing and averages over padding too; not ``MaskedLoss`` for BCE, which would zero the padded logits and
+      still count them (log 2 each) instead of leaving them out.
 
     Args:
         weights: dict with ``dice``, ``bce``, ``surface`` (default 1.0, 0.5, 0.1).
@@ -44,7 +46,7 @@ class RefinerLoss(nn.Module):
     def __init__(self, weights: dict | None = None):
         super().__init__()
         self.weights = {"dice": 1.0, "bce": 0.5, "surface": 0.1, **(weights or {})}
-        self.dice = DiceLoss(sigmoid=False, batch=True)
+        self.dice = MaskedDiceLoss(sigmoid=False, batch=True)
         self.last: dict = {}
 
     def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -55,7 +57,7 @@ class RefinerLoss(nn.Module):
         p = torch.sigmoid(logits) * valid
         n_valid = valid.sum().clamp(min=1.0)
         parts = {
-            "dice": self.dice(p, gt * valid),
+            "dice": self.dice(p, gt, mask=valid),
             "bce": F.binary_cross_entropy_with_logits(logits, gt, weight=valid, reduction="sum") / n_valid,
             "surface": (p * phi).sum() / n_valid,
         }

@@ -9,6 +9,7 @@ from ignite.engine import Events
 
 from custom.core.cases import batch_item
 from custom.core.io import save_png
+from custom.core.options import as_float
 from custom.mask_refiner.data import MASK_THRESHOLD
 
 
@@ -24,7 +25,7 @@ class MaskWriter:
 
     def __init__(self, output_dir, threshold: float = MASK_THRESHOLD):
         self.output_dir = Path(output_dir)
-        self.threshold = float(threshold)
+        self.threshold = as_float(threshold, "threshold", 0.0, 1.0, hint=" (a probability)")
 
     def attach(self, engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)

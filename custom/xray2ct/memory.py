@@ -9,29 +9,12 @@ extrapolated to the configured size, plus weights, gradients, AdamW moments and 
 
 from __future__ import annotations
 
-import os
-
 import torch
 from ignite.engine import Events
 
 from custom.core.errors import InputError
-
-GIB = 2**30
-
-
-def available_bytes() -> int | None:
-    """Memory the process can still take (Linux ``MemAvailable``; other systems: physical pages), or None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+from custom.core.memory import GIB, available_bytes
+from custom.core.options import as_bool
 
 
 def _saved_bytes(trainer, net, size: int, xray_size: int) -> int:
@@ -86,7 +69,7 @@ class MemoryCheck:
 
     def __init__(self, volume_size: int, batch_size: int, xray_size: int, margin: float = 1.2, enabled: bool = True):
         self.volume_size, self.batch_size, self.xray_size = int(volume_size), int(batch_size), int(xray_size)
-        self.margin, self.enabled = float(margin), bool(enabled)
+        self.margin, self.enabled = float(margin), as_bool(enabled, "memory_check")
         self.estimate: int | None = None
 
     def attach(self, engine) -> None:

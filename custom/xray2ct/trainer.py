@@ -22,7 +22,11 @@ from custom.xray2ct.schedule import add_noise, cosine_alpha_bar, normalized_time
 
 
 def prepare_cascade_batch(batchdata, device=None, non_blocking=False, **kwargs):
-    """(inputs, targets, args, kwargs) = (xray (B, 2, N, N), ct (B, 1, D, D, D), (), {prev: ...}) from a batch dict."""
+    """(inputs, targets, args, kwargs) = (xray (B, 2, N, N), ct (B, 1, D, D, D), (), {prev: ...}) from a batch dict.
+
+    Not MONAI's ``PrepareBatchExtraInput``: that one reads the ``image``/``label`` keys and needs every extra key,
+    while here the CT is absent at inference and ``prev`` exists only for stages 2 and 3.
+    """
     xray = batchdata["xray"].to(device=device, non_blocking=non_blocking)
     ct = batchdata.get("ct")  # absent, or an unloaded path, at inference
     ct = ct.to(device=device, non_blocking=non_blocking) if isinstance(ct, torch.Tensor) else None

@@ -168,3 +168,44 @@ def test_refiner_torchscript_export_matches(tmp_path):
     x = torch.rand(1, 6, 64, 64)
     with torch.no_grad():
         assert torch.allclose(net(x), scripted(x), atol=1e-5)
+
+
+# (train configs, inference configs) that must build the same network from the same settings
+PAIRS = [
+    ("xray2ct_cascade_diffusion", ["train.json"], ["inference.json"]),
+    ("mask_refiner_2d", ["train.json"], ["inference.json"]),
+    ("ct_detail_refinement", ["train.json"], ["inference.json"]),
+    ("ct_detail_refinement", ["train.json", "train_variant_b.json"], ["inference.json", "inference_variant_b.json"]),
+]
+SHARED_SETTINGS = ("window", "geometry", "cube_mm", "volume_size", "xray_size", "scale_factor", "threshold")
+
+
+def _settings(bundle, files):
+    from custom.core.bundle import make_parser, read_bundle_config
+
+    root = ROOT / "bundles" / bundle
+    parser = make_parser(read_bundle_config(root, files), root)
+    net = {k: parser.get_parsed_content(f"network_def#{k}") for k in parser["network_def"] if k != "_target_"}
+    net["_target_"] = parser["network_def"]["_target_"]
+    shared = {k: parser.get_parsed_content(k) for k in SHARED_SETTINGS if k in parser}
+    return net, shared
+
+
+@pytest.mark.parametrize("bundle,train,infer", PAIRS, ids=lambda v: "+".join(v) if isinstance(v, list) else v)
+def test_train_and_inference_configs_agree(bundle, train, infer):
+    """A change of architecture or preprocessing made in one config and not the other is caught here."""
+    net_train, shared_train = _settings(bundle, train)
+    net_infer, shared_infer = _settings(bundle, infer)
+    # training-only switches of the network (memory savings) do not change its weights or outputs
+    net_train.pop("gradient_checkpointing", None)
+    assert net_train == net_infer
+    assert {k: shared_train.get(k) for k in shared_infer} == shared_infer
+
+
+def test_one_mask_threshold():
+    from custom.core.bundle import read_bundle_config
+    from custom.mask_refiner.data import MASK_THRESHOLD
+
+    root = ROOT / "bundles" / "mask_refiner_2d"
+    for name in ("train.json", "inference.json"):
+        assert read_bundle_config(root, name)["threshold"] == MASK_THRESHOLD, name

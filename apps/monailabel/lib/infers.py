@@ -29,7 +29,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from custom.core.bundle import make_parser, read_bundle_config
 from custom.core.ct import load_ct
 from custom.core.errors import InputError
-from custom.core.io import save_nifti, save_png
+from custom.core.io import load_array, save_nifti, save_png
 from custom.core.transforms import cube_affine, finer_affine, hu_to_window, preprocess_ct, window_to_hu
 from custom.core.xray import load_xray
 from custom.mask_refiner.data import MASK_THRESHOLD, make_channels
@@ -95,8 +95,11 @@ def output_affine(affine: np.ndarray, in_shape, out_shape) -> np.ndarray:
     return finer_affine(affine, in_shape[-3:], out_shape[-3:])
 
 
-class BundleInferTask(InferTask):
+class LocalBundleTask(InferTask):
     """Shared parts: the bundle's config and cached network, device, datastore and error translation.
+
+    Not MONAI Label's ``BundleInferTask``: that one resizes every output to the request image's shape (wrong for a
+    CT made from two X-rays), takes one image per request and names outputs after the input's file type.
 
     The app passes its datastore so tasks can look up extra inputs by id and register new images. ``id_params``
     names the request parameters that are datastore ids or tags (inputs and outputs): they are checked before the
@@ -184,7 +187,7 @@ class BundleInferTask(InferTask):
         raise NotImplementedError
 
 
-class MaskRefinerInfer(BundleInferTask):
+class MaskRefinerInfer(LocalBundleTask):
     """2D mask refiner: the request image plus its coarse probability map in, the refined mask out.
 
     The probability map is the uploaded ``label`` file or, for a datastore image, its label saved under the tag
@@ -227,7 +230,7 @@ class MaskRefinerInfer(BundleInferTask):
         suffix = _suffix(path)
         try:
             if suffix == ".npy":
-                probs = np.load(path, allow_pickle=False).astype(np.float32)
+                probs = load_array(path).astype(np.float32)
                 fg = probs[1] if probs.ndim == 3 and probs.shape[0] == 2 else probs
                 fg = fg.T if fg.ndim == 2 else fg  # the bundle's .npy maps are (rows, cols)
             elif suffix in NIFTI:
@@ -288,7 +291,7 @@ class MaskRefinerInfer(BundleInferTask):
         return out, params
 
 
-class XRayToCTInfer(BundleInferTask):
+class XRayToCTInfer(LocalBundleTask):
     """Biplanar X-ray -> CT: the request image is the frontal X-ray, params ``lateral`` the lateral one's id.
 
     Runs the bundle's preprocessing (``LoadXRayd`` + ``ConcatItemsd``), its network and its DDIM inferer, writes the
@@ -380,7 +383,7 @@ class XRayToCTInfer(BundleInferTask):
         return out, params
 
 
-class CTDetailInfer(BundleInferTask):
+class CTDetailInfer(LocalBundleTask):
     """CT detail refinement: a CT in HU in, the refined CT in HU out, over the input's field of view.
 
     The bundle interface used: ``configs/inference.json`` with ``network_def`` (a 3D network, one channel in and

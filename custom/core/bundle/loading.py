@@ -7,6 +7,7 @@ its weights checked the same way everywhere. Nothing here downloads anything.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -29,11 +30,50 @@ def read_bundle_config(bundle_dir, names: str | Sequence[str] = "inference.json"
     return parser.get()
 
 
+def _json_kind(value) -> str | None:
+    """The JSON type of a config value as users write it ('number', 'text', ...); None for what a config computes
+    (``$`` expressions, ``@`` references, components) or leaves open (null)."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return None if value.startswith(("$", "@", "%")) else "text"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, dict):
+        return None if "_target_" in value else "dict"
+    return None
+
+
+def check_overrides(parser: ConfigParser, overrides: dict, option: str = "--overrides") -> None:
+    """Refuse overrides of keys the config does not have, and values of another JSON type than the config's own
+    (``{"channels": "abc"}`` for a list, ``{"volume_size": "64"}`` for a number, lists with such elements): caught
+    here, they get one clear message instead of an error from deep inside the network's constructor."""
+    for key, value in overrides.items():
+        if key not in parser:
+            raise InputError(f"{option}: the bundle's config has no key {key!r}")
+        current = parser[key]
+        want, got = _json_kind(current), _json_kind(value)
+        if want is None or value is None:
+            continue
+        if got != want:
+            raise InputError(f"{option}: {key} must be a {want} like {json.dumps(current)}, got {json.dumps(value)}")
+        if want == "list" and current:
+            inner = {_json_kind(v) for v in current}
+            bad = [v for v in value if len(inner) == 1 and _json_kind(v) not in inner | {None}]
+            if bad:
+                raise InputError(
+                    f"{option}: {key} must be a list of {inner.pop()}s like {json.dumps(current)}, got {json.dumps(value)}"
+                )
+
+
 def make_parser(config: dict, bundle_dir, overrides: dict | None = None) -> ConfigParser:
     """A fresh parser over a copy of ``config`` with ``bundle_root`` and ``overrides`` set: parsed objects are
     never shared between two uses of the same config (two requests, two evaluations)."""
     parser = ConfigParser(copy.deepcopy(config))
     parser["bundle_root"] = str(bundle_dir)
+    check_overrides(parser, overrides or {})
     for key, value in (overrides or {}).items():
         parser[key] = value
     return parser
@@ -60,7 +100,12 @@ def load_weights(network: torch.nn.Module, path, hint: str = "") -> torch.nn.Mod
 
 def build_network(parser: ConfigParser, weights=None, device="cpu", hint: str = "") -> torch.nn.Module:
     """The config's ``network_def``, with ``weights`` loaded when given, on ``device`` in eval mode."""
-    net = parser.get_parsed_content("network_def", instantiate=True)
+    try:
+        net = parser.get_parsed_content("network_def", instantiate=True)
+    except Exception as e:  # MONAI wraps the constructor's error: report the innermost message
+        while (e.__cause__ or e.__context__) is not None:
+            e = e.__cause__ or e.__context__
+        raise InputError(f"the bundle's network cannot be built with these settings: {e}{hint}") from None
     if weights:
         load_weights(net, weights, hint)
     return net.to(device).eval()

@@ -77,7 +77,11 @@ class FiLMResBlock(nn.Module):
 
 
 def sincos_position_embedding_3d(grid: int, dim: int) -> torch.Tensor:
-    """Fixed (grid^3, dim) sine-cosine position embedding, one third of the channels per axis."""
+    """Fixed (grid^3, dim) sine-cosine position embedding, one third of the channels per axis.
+
+    Not MONAI's ``build_sincos_position_embedding``: that one needs ``dim`` divisible by 6 and orders the axes
+    differently, and the released cascade weights were trained with this layout (it is not stored in them).
+    """
     per_axis = (dim // 6) * 2
     coords = torch.arange(grid, dtype=torch.float32)
     omega = 1.0 / (10000 ** (torch.arange(per_axis // 2, dtype=torch.float32) / max(per_axis // 2, 1)))

@@ -2,7 +2,7 @@
 
 from custom.core.physics.attenuation import MU_WATER_70KEV, hu_to_mu
 from custom.core.physics.geometry import ProjectionGeometry, get_geometry, load_presets, view_angle
-from custom.core.physics.projector import DRR, DRRProjector
+from custom.core.physics.projector import DRR, DRRProjector, drr_memory_bytes
 
 __all__ = [
     "MU_WATER_70KEV",
@@ -13,4 +13,5 @@ __all__ = [
     "view_angle",
     "DRR",
     "DRRProjector",
+    "drr_memory_bytes",
 ]

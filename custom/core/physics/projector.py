@@ -241,6 +241,19 @@ class DRRProjector(torch.nn.Module):
         return torch.stack(vols, dim=1)
 
 
+def drr_memory_bytes(shape: Sequence[int], detector_pixels: int, batch: int = 1) -> int:
+    """Peak bytes of one :class:`DRR` forward pass over frontal and lateral views of a ``shape`` (X, Y, Z) volume.
+
+    Planning a view holds a few float64 (planes x detector x detector) sampling grids, the projection a dense
+    float32 (planes x detector, Z) matrix and its transpose; the factors are measured peaks (64^3 volume, 500 and
+    1000 px detectors) rounded up. For refusing a render that cannot fit before it starts, not for exact accounting.
+    """
+    n_x, n_y, n_z = (int(s) for s in shape)
+    n = int(detector_pixels)
+    planes = max(n_x, n_y)  # frontal views march along Y, lateral views along X
+    return int(24 * planes * n * n + 8 * planes * n * n_z * batch + 8 * n_x * n_y * n_z * batch)
+
+
 def _spacing_of(volume: torch.Tensor, spacing) -> tuple:
     if spacing is None:
         pixdim = getattr(volume, "pixdim", None)
