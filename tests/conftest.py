@@ -109,19 +109,48 @@ def write_dx(
     return Path(path)
 
 
-def run_cli(*args, cwd=None, timeout=600):
-    """Run ``python -m custom ...`` in a real subprocess; returns the CompletedProcess."""
+def run_cli(*args, cwd=None, timeout=600, prefix=()):
+    """Run ``python -m custom ...`` in a real subprocess; returns the CompletedProcess.
+
+    ``prefix``: a command to run it under, e.g. :func:`unprivileged`.
+    """
     import subprocess
 
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run(
-        [sys.executable, "-m", "custom", *map(str, args)],
+        [*prefix, sys.executable, "-m", "custom", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd or ROOT,
         timeout=timeout,
         env=env,
     )
+
+
+def run_bundle(bundle, *args, configs=("inference.json",), cwd=None, timeout=600, prefix=()):
+    """Run ``python -m monai.bundle run`` on ``bundles/<bundle>`` configs as a user types it; the CompletedProcess."""
+    import subprocess
+
+    root = ROOT / "bundles" / bundle
+    files = "[" + ",".join(f"'{root / 'configs' / c}'" for c in configs) + "]"
+    cmd = [*prefix, sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(root)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        cmd + [str(a) for a in args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=timeout, env=env
+    )
+
+
+def unprivileged() -> list:
+    """Command prefix under which file permissions hold: root ignores them (a read-only folder is writable to
+    root), so as root the child runs without that capability; nothing is needed for other users."""
+    import shutil
+
+    if getattr(os, "geteuid", lambda: 1)() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: no way to make a folder root cannot write to")
+    return [setpriv, "--bounding-set", "-dac_override", "--"]
 
 
 @pytest.fixture

@@ -95,8 +95,9 @@ def geometry_arg(geometry, size):
     """The projection geometry named (or given as a JSON file) on the command line, with ``size`` pixels."""
     from custom.core.physics import get_geometry
 
+    size = None if size is None else square_size(size)
     try:
-        return get_geometry(str(geometry), None if size is None else square_size(size))
+        return get_geometry(str(geometry), size)
     except KeyError as e:
         raise InputError(
             f"geometry {geometry}: missing key {e}; see configs/drr_geometry.json for the fields"

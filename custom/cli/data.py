@@ -160,10 +160,11 @@ class DataCommands:
         if mu_water is not None:
             mu_water = as_float(mu_water, "--mu_water", above=0, hint=" (attenuation in 1/mm; water: 0.0193)")
         ct = load_ct(ct_path, series_uid=series_uid)
+        n, shape = geo.detector_pixels, " x ".join(str(int(s)) for s in ct.shape[1:])
         check_memory(
-            drr_memory_bytes(ct.shape[1:], geo.detector_pixels),
-            f"rendering {geo.detector_pixels} x {geo.detector_pixels} px DRRs of a {' x '.join(map(str, ct.shape[1:]))} CT",
-            "--size (detector pixels per side)",
+            drr_memory_bytes(ct.shape[1:], n),
+            f"rendering {n} x {n} px DRRs of a {shape} CT",
+            "--size (pixels per side)",
         )
         drr, _ = render_drrs(ct, geo, mu_water)
         out = need_dir(out_dir)  # created only once the inputs are known to be good

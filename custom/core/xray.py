@@ -28,6 +28,16 @@ from custom.core.physics.geometry import ProjectionGeometry
 # Line integrals of chest DRRs span about 0..8 (soft tissue ~0.02/mm over 200-300 mm, plus bone).
 LINE_INTEGRAL_SCALE = 8.0
 MAX_PIXELS = 2**28  # 16k x 16k
+# Radiograph detectors have pixels of at least 0.01 mm, and an image covers at most a 43 cm cassette with some
+# margin: a header whose spacing breaks either is broken (100 mm per pixel: a 200 m image), not a radiograph.
+MIN_SPACING_MM = 0.01
+MAX_FIELD_MM = 800.0
+# When a radiograph carries no usable spacing, its longer side is taken as the long side of a 35 x 43 cm (14 x 17 in)
+# cassette, the common size for chest radiographs.
+FALLBACK_FIELD_MM = 430.0
+FRONTAL_POSITIONS = ("PA", "AP")
+LATERAL_POSITIONS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD")
+VIEW_KEYS = ("frontal", "lateral")
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "RF", "XA", "MG", "PX", "OT")
 
 
@@ -49,7 +59,7 @@ def _meta_tensor(arr: np.ndarray, spacing, path: Path, extra: dict) -> MetaTenso
     affine = np.diag([su, sv, 1.0, 1.0])
     affine[0, 3] = -(arr.shape[0] - 1) / 2 * su
     affine[1, 3] = -(arr.shape[1] - 1) / 2 * sv
-    meta = {"filename_or_obj": str(path), "spacing_known": spacing is not None, **extra}
+    meta = {"filename_or_obj": str(path), "spacing_known": spacing is not None, "spacing_plane": "detector", **extra}
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None], affine=affine, meta=meta)
 
 
@@ -83,13 +93,123 @@ def _read_dicom(path: Path) -> MetaTensor:
     arr = arr * float(getattr(ds, "RescaleSlope", 1.0)) + float(getattr(ds, "RescaleIntercept", 0.0))
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
         arr = arr.max() + arr.min() - arr  # MONOCHROME1: high values are dark; make dense tissue bright
-    spacing = None
-    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
-        if getattr(ds, tag, None) is not None:
-            row_sp, col_sp = (float(v) for v in getattr(ds, tag))
-            spacing = (col_sp, row_sp)  # (u: along a row = column spacing, v: between rows)
-            break
-    return _meta_tensor(arr.T, spacing, path, {"modality": modality, "spacing_tag": tag if spacing else None})
+    intake = radiograph_intake(ds, arr.shape, path)
+    if intake["flip_columns"]:
+        arr = arr[:, ::-1]
+    if intake["flip_rows"]:
+        arr = arr[::-1, :]
+    spacing = intake.pop("spacing")
+    return _meta_tensor(arr.T, spacing, path, {"modality": modality, **intake})
+
+
+def _valid_spacing(ds, tag: str, path: Path, shape_rows_cols):
+    """(between rows, between columns) in mm from ``tag``, None when absent or zero; an error when it is nonsense."""
+    value = getattr(ds, tag, None)
+    if value is None or value == "":
+        return None
+    try:
+        values = [float(v) for v in np.atleast_1d(np.asarray(list(value) if hasattr(value, "__iter__") else value))]
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: {tag} {value!r} is not a number pair; correct or remove it") from None
+    if len(values) != 2 or not all(np.isfinite(values)):
+        raise InputError(f"{path}: {tag} must be two numbers (row and column spacing in mm), got {value!r}")
+    if all(v == 0 for v in values):
+        return None  # written by systems that do not know the spacing: treated as absent
+    field = [v * n for v, n in zip(values, shape_rows_cols)]
+    if not all(v >= MIN_SPACING_MM for v in values) or max(field) > MAX_FIELD_MM:
+        raise InputError(
+            f"{path}: {tag} {values} mm makes the image {field[0]:.4g} x {field[1]:.4g} mm, not a radiograph (pixels "
+            f"of at least {MIN_SPACING_MM:g} mm, at most {MAX_FIELD_MM:g} mm a side); correct the header, or remove "
+            "the tag to place the image as a standard 35 x 43 cm cassette"
+        )
+    return values
+
+
+def _magnification(ds):
+    """(radiographic magnification, where it came from): the Estimated Radiographic Magnification Factor, else the
+    ratio of source-to-detector and source-to-patient distances; (None, '') when neither is usable."""
+    try:
+        ermf = float(getattr(ds, "EstimatedRadiographicMagnificationFactor", 0) or 0)
+    except (TypeError, ValueError):
+        ermf = 0.0
+    if 1.0 <= ermf <= 3.0:
+        return ermf, "EstimatedRadiographicMagnificationFactor"
+    try:
+        sid = float(getattr(ds, "DistanceSourceToDetector", 0) or 0)
+        sod = float(getattr(ds, "DistanceSourceToPatient", 0) or 0)
+    except (TypeError, ValueError):
+        return None, ""
+    if 0 < sod < sid:
+        return sid / sod, "DistanceSourceToDetector / DistanceSourceToPatient"
+    return None, ""
+
+
+def radiograph_intake(ds, shape_rows_cols, path) -> dict:
+    """How a DICOM radiograph is placed on the model's detector: pixel spacing and its plane, view, flips, warnings.
+
+    Spacing, in order of trust: Pixel Spacing when it is calibrated to the patient (it differs from Imager Pixel
+    Spacing, or a calibration type or magnification factor says so); Imager Pixel Spacing (the detector), taken to
+    the patient plane with the radiographic magnification when the header gives it; Pixel Spacing alone (most CR
+    writes the detector pitch there). Without any of these, the image's longer side is taken as a 43 cm cassette
+    and a warning is recorded. ``spacing_plane`` says where the spacing holds: ``patient`` (to be magnified by the
+    model's geometry) or ``detector`` (used as the model's detector pitch, as for the project's own DRRs).
+
+    View: View Position (PA/AP frontal; LL/RL/LATERAL lateral) or, without it, nothing. Patient Orientation (the
+    directions of the image's rows and columns) decides mirroring: the model's frontal view shows the patient's
+    right on the left and the head at the top, its lateral view anterior on the left; an image stored the other way
+    is flipped and the flip recorded.
+    """
+    warnings = []
+    ps = _valid_spacing(ds, "PixelSpacing", path, shape_rows_cols)
+    ips = _valid_spacing(ds, "ImagerPixelSpacing", path, shape_rows_cols)
+    mag, mag_source = _magnification(ds)
+    calibrated = ps is not None and (
+        (ips is not None and not np.allclose(ps, ips, rtol=1e-3))
+        or bool(getattr(ds, "PixelSpacingCalibrationType", ""))
+    )
+    if calibrated:
+        spacing_rc, tag, source, plane = ps, "PixelSpacing", "calibrated to the patient", "patient"
+    elif ips is not None and mag is not None:
+        spacing_rc, tag, plane = [v / mag for v in ips], "ImagerPixelSpacing", "patient"
+        source = f"detector pitch / {mag_source} ({mag:.3f})"
+    elif ips is not None or ps is not None:
+        spacing_rc = ips if ips is not None else ps
+        tag, plane = ("ImagerPixelSpacing" if ips is not None else "PixelSpacing"), "detector"
+        source = "taken as the detector pitch in the model's geometry (no magnification in the header)"
+    else:
+        side = FALLBACK_FIELD_MM / max(shape_rows_cols)
+        spacing_rc, tag, plane = [side, side], "", "detector"
+        source = f"none: the longer side taken as {FALLBACK_FIELD_MM:g} mm"
+        warnings.append(
+            f"{Path(str(path)).name}: no usable pixel spacing (Pixel Spacing and Imager Pixel Spacing absent or zero); "
+            f"the image was placed as a {FALLBACK_FIELD_MM / 10:g} cm cassette ({side:.3f} mm per pixel): check the "
+            "reconstruction's size, or add the spacing to the header"
+        )
+    position = str(getattr(ds, "ViewPosition", "") or "").strip().upper()
+    view = "frontal" if position in FRONTAL_POSITIONS else "lateral" if position in LATERAL_POSITIONS else ""
+    orientation = [str(o).upper() for o in (getattr(ds, "PatientOrientation", None) or [])]
+    flip_columns = flip_rows = False
+    if len(orientation) == 2 and view:
+        # the direction in which column numbers grow (along a row), then row numbers grow (down a column)
+        along_row, down_column = orientation
+        expected_row = "L" if view == "frontal" else "P"  # frontal: patient's right on the left; lateral: anterior
+        opposite = {"L": "R", "R": "L", "P": "A", "A": "P"}[expected_row]
+        flip_columns = along_row.startswith(opposite)
+        flip_rows = down_column.startswith("H")  # head at the bottom
+        if flip_columns or flip_rows:
+            which = " and ".join(w for w, f in (("left-right", flip_columns), ("top-bottom", flip_rows)) if f)
+            warnings.append(f"{Path(str(path)).name}: Patient Orientation {orientation}: image flipped {which}")
+    return {
+        "spacing": (spacing_rc[1], spacing_rc[0]),  # (u: along a row = column spacing, v: between rows)
+        "spacing_tag": tag,
+        "spacing_source": source,
+        "spacing_plane": plane,
+        "view": view,
+        "view_position": position,
+        "flip_columns": flip_columns,
+        "flip_rows": flip_rows,
+        "warnings": warnings,
+    }
 
 
 def _read_png(path: Path) -> MetaTensor:
@@ -156,12 +276,16 @@ def to_detector(xray: MetaTensor, geometry: ProjectionGeometry) -> torch.Tensor:
         img = img[None]
     if xray.meta.get("spacing_known", False) if isinstance(xray, MetaTensor) else False:
         sp = [float(s) for s in xray.pixdim[:2]]
+        if xray.meta.get("spacing_plane") == "patient":
+            sp = [s * geometry.magnification for s in sp]  # the body as the model's geometry would project it
         extent = geometry.detector_extent
         side = [max(1, int(round(extent / s))) for s in sp]
         bg = float(img.min())
         img = ResizeWithPadOrCrop(side, mode="constant")(img - bg) + bg  # zero fill of img - bg: background
     n = geometry.detector_pixels
-    return torch.as_tensor(Resize((n, n), mode="area" if img.shape[-1] > n else "bilinear")(img)).float()
+    out = Resize((n, n), mode="area" if img.shape[-1] > n else "bilinear")(img)
+    # a plain tensor: the reader's record travels in ``<key>_meta``, not in tensor metadata the collation must stack
+    return (out.as_tensor() if isinstance(out, MetaTensor) else torch.as_tensor(out)).float()
 
 
 def match_drr_range(img: torch.Tensor, reference=(0.05, 0.75), field_threshold: float | None = None) -> torch.Tensor:
@@ -283,14 +407,45 @@ class LoadXRayd(MapTransform):
                     raise InputError(f"no {key} X-ray given; set {key} (a DICOM, PNG or NIfTI file)")
         for key in present:
             path = str(data[key])
-            det = to_detector(load_xray(path), self.geometry)
+            img = load_xray(path)
+            if self.check_views and img.meta.get("view") and img.meta["view"] != key and key in VIEW_KEYS:
+                tagged = img.meta["view"]
+                raise InputError(
+                    f"{path}: its View Position {img.meta['view_position']} says it is a {tagged} radiograph, but it "
+                    f"was given as the {key} X-ray; give it as {tagged}_path (a pair needs one frontal, PA or AP, "
+                    "and one lateral view)"
+                )
+            det = to_detector(img, self.geometry)
             drr = path.lower().endswith((".nii", ".nii.gz"))
             out[key] = line_integral_to_input(det) if drr else match_drr_range(det)
-            out[f"{key}_meta"] = {"filename_or_obj": path, "range_matched": not drr}
+            # strings and booleans only: the batch collation of MONAI's DataLoader refuses None
+            out[f"{key}_meta"] = {
+                "filename_or_obj": path,
+                "range_matched": not drr,
+                "view_position": img.meta.get("view_position") or "",
+                "spacing": _spacing_note(img),
+                "warnings": "; ".join(img.meta.get("warnings") or []),
+            }
         shapes = {tuple(out[k].shape) for k in present}
         if len(shapes) > 1:
             raise InputError(f"the X-rays have different shapes after resampling: {shapes}")
         if self.check_views and set(present) >= {"frontal", "lateral"}:
+            same_file = Path(str(data["frontal"])).resolve() == Path(str(data["lateral"])).resolve()
+            if same_file or torch.allclose(out["frontal"], out["lateral"], atol=1e-6):
+                raise InputError(
+                    "the frontal and lateral X-rays are the same image; give the two views of the chest, one from "
+                    "the front (PA or AP) and one from the side"
+                )
             line_integrals = not (out["frontal_meta"]["range_matched"] or out["lateral_meta"]["range_matched"])
             check_view_pair(out["frontal"], out["lateral"], line_integrals)
         return out
+
+
+def _spacing_note(img: MetaTensor) -> str:
+    """How the radiograph's pixel spacing was found, for the record a reconstruction keeps (ct.json)."""
+    if not img.meta.get("spacing_known"):
+        return "unknown: the whole image taken as the detector"
+    u, v = (float(s) for s in img.pixdim[:2])
+    tag = img.meta.get("spacing_tag") or "no tag"
+    source = img.meta.get("spacing_source") or "file header"
+    return f"{u:.4g} x {v:.4g} mm at the {img.meta.get('spacing_plane', 'detector')} plane ({tag}: {source})"

@@ -28,6 +28,15 @@ from custom.core.errors import InputError
 from custom.core.transforms import hu_to_window, preprocess_ct
 
 
+def _skip_missing(transform: MapTransform, data: dict, what: str) -> bool:
+    """True when the transform's key is absent and may be; an error naming ``what`` when it may not."""
+    if transform.keys[0] in data:
+        return False
+    if transform.allow_missing_keys:
+        return True
+    raise InputError(f"no {what} under {transform.keys[0]!r}")
+
+
 def _as_range(value, name: str) -> tuple[float, float]:
     lo, hi = (float(value), float(value)) if np.isscalar(value) else (float(value[0]), float(value[1]))
     if lo < 0 or hi < lo:
@@ -81,10 +90,8 @@ class DegradeCTd(Randomizable, MapTransform):
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         key = self.keys[0]
-        if key not in d:
-            if self.allow_missing_keys:
-                return d
-            raise InputError(f"no ground-truth CT under {key!r} to degrade into a coarse input")
+        if _skip_missing(self, d, "a ground-truth CT to degrade into a coarse input"):
+            return d
         ct = torch.as_tensor(d[key]).float()
         if ct.ndim != 4 or len(set(ct.shape[1:])) != 1 or ct.shape[-1] % self.downsample:
             raise ValueError(
@@ -179,10 +186,8 @@ class CascadeCoarsed(MapTransform):
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         key = self.keys[0]
-        if key not in d:
-            if self.allow_missing_keys:
-                return d
-            raise InputError(f"no X-rays under {key!r} for the cascade stage")
+        if _skip_missing(self, d, "the X-rays for the cascade stage"):
+            return d
         if self._net is None:
             self._load()
         xray = torch.as_tensor(d[key]).float()[None].to(self.device)

@@ -73,7 +73,22 @@ class ReconstructionWriter:
                     "voxel_spacing_mm": self.cube_mm / d,
                     "cube_mm": self.cube_mm,
                     "orientation": "RAS",
+                    "inputs": _inputs_record(info),
                     **self.settings,
                 },
                 case / "ct.json",
             )
+
+
+def _inputs_record(item: dict) -> dict:
+    """What the X-ray reader found and assumed about each input radiograph (file, view tag, pixel spacing and its
+    source, warnings such as a missing spacing), so a reconstruction can be checked against its inputs."""
+    record = {}
+    for view in ("frontal", "lateral"):
+        meta = item.get(f"{view}_meta")
+        if isinstance(meta, dict):
+            record[view] = {
+                k: meta[k] for k in ("filename_or_obj", "view_position", "spacing", "warnings") if k in meta
+            }
+    warnings = [w for r in record.values() for w in str(r.get("warnings", "")).split("; ") if w]
+    return {**record, "warnings": warnings}

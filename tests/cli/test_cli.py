@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import run_cli, write_dicom_series, write_nifti
+from conftest import ROOT, run_cli, unprivileged, write_dicom_series, write_nifti
 from PIL import Image
 
 from custom.core.physics import get_geometry
@@ -141,10 +141,13 @@ BAD_INPUTS = {
     "non-square size": (["drr", "{d}/phantom.nii.gz", "{o}", "--size", "[32,48]"], ["must be square", "[32, 48]"]),
     "empty out_dir": (["drr", "{d}/phantom.nii.gz", ""], ["give an output folder"]),
     "out_dir is a file": (["drr", "{d}/phantom.nii.gz", "{d}/a_file"], ["a_file: exists and is not a folder"]),
-    "phantoms count 0": (["phantoms", "{o}", "--count", "0"], ["count must be >= 1"]),
+    "phantoms count 0": (["phantoms", "{o}", "--count", "0"], ["--count must be at least 1"]),
     "sample-data bad wheel": (["sample-data", "{o}", "--wheel", "{d}/a_file"], ["not a valid wheel"]),
-    "negative mu_water": (["drr", "{d}/phantom.nii.gz", "{o}", "--mu_water", "-1"], ["--mu_water must be positive"]),
-    "demo negative count": (["demo", "--out_dir", "{o}", "--count", "-1"], ["need --count >= 0"]),
+    "negative mu_water": (
+        ["drr", "{d}/phantom.nii.gz", "{o}", "--mu_water", "-1"],
+        ["--mu_water must be greater than 0"],
+    ),
+    "demo negative count": (["demo", "--out_dir", "{o}", "--count", "-1"], ["--count must be at least 0"]),
     "demo bundle without weights": (["demo", "--out_dir", "{o}", "--bundle", "{d}"], ["no trained weights"]),
     "evaluate missing datalist": (
         ["evaluate-xray2ct", "{d}/nope.json", "{o}", "{d}/nope.pt"],
@@ -154,6 +157,45 @@ BAD_INPUTS = {
         ["evaluate-xray2ct", "{d}/a_file", "{o}", "{d}/nope.pt", "--overrides", "{{not json"],
         ["--overrides must be a JSON dict"],
     ),
+    # options of the wrong kind or range, refused at the start of the command by the helper for their kind
+    "evaluate steps 0": (["evaluate-xray2ct", "{d}/a_file", "{o}", "{d}/nope.pt", "--steps", "0"], ["--steps must be"]),
+    "evaluate no samples": (
+        ["evaluate-xray2ct", "{d}/a_file", "{o}", "{d}/nope.pt", "--num_samples", "0"],
+        ["--num_samples must be at least 1"],
+    ),
+    "demo fractional steps": (
+        ["demo", "--out_dir", "{o}", "--steps", "2.5"],
+        ["--steps must be a whole number", "2.5"],
+    ),
+    "mu_water not a number": (
+        ["drr", "{d}/phantom.nii.gz", "{o}", "--mu_water", "abc"],
+        ["--mu_water must be a number"],
+    ),
+    "prepare negative cube": (["prepare", "{d}", "{o}", "--cube_mm", "-5"], ["--cube_mm must be greater than 0"]),
+    "phantoms zero fov": (["phantoms", "{o}", "--fov", "0"], ["--fov must be greater than 0"]),
+    "phantoms negative fov": (["phantoms", "{o}", "--fov", "-320"], ["--fov must be greater than 0"]),
+    "overrides list": (
+        ["refiner-workflow", "--postprocess_dir", "{d}", "--output_dir", "{o}", "--overrides", "[1,2]"],
+        ["--overrides must be a JSON dict"],
+    ),
+    "overrides value of the wrong type": (
+        ["refiner-workflow", "--postprocess_dir", "{d}", "--output_dir", "{o}", "--overrides", '{{"channels": "abc"}}'],
+        ["--overrides: channels must be a list"],
+    ),
+    "overrides unknown key": (
+        ["evaluate-xray2ct", "{d}/a_file", "{o}", "{d}/nope.pt", "--overrides", '{{"volume_sise": 64}}'],
+        ["no key 'volume_sise'"],
+    ),
+    # booleans: true/false/1/0/yes/no in any case, nothing else
+    "demo real maybe": (["demo", "--out_dir", "{o}", "--real", "maybe"], ["--real must be true or false"]),
+    "prepare merge maybe": (["prepare", "{d}", "{o}", "--merge", "maybe"], ["--merge must be true or false"]),
+    # work that cannot fit in memory, refused before allocating
+    "drr detector too large": (
+        ["drr", "{d}/phantom.nii.gz", "{o}", "--size", "100000"],
+        ["GiB of memory", "lower --size"],
+    ),
+    "prepare size too large": (["prepare", "{d}/phantom.nii.gz", "{o}", "--size", "8192"], ["GiB", "lower --size"]),
+    "phantoms size too large": (["phantoms", "{o}", "--size", "100000"], ["GiB of memory", "lower --size"]),
 }
 
 
@@ -195,6 +237,38 @@ def test_prepare_with_every_case_failing(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert any(line.startswith("skipped broken:") and "NaN" in line for line in lines)
     assert lines[-1] == "error: no case could be prepared"
+
+
+def test_commands_refuse_an_output_folder_they_cannot_write_before_any_work(files, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        for args in (
+            ["phantoms", locked, "--count", 1, "--size", 8],
+            ["drr", files / "phantom.nii.gz", locked / "drr"],
+            ["prepare", files / "phantom.nii.gz", locked / "prepared", "--size", 8, "--geometry", "parallel"],
+            ["refiner-generate", locked / "source"],
+        ):
+            proc = run_cli(*args, prefix=unprivileged())
+            assert_clean_error(proc, "cannot write to", str(locked))
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
+def test_the_eval_folder_the_docs_write_to_is_git_ignored(tmp_path):
+    """The model cards write evaluation results to eval/ at the repository root; they must not end up in git."""
+    import subprocess
+
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")
+    subprocess.run([git, "init", "-q"], cwd=tmp_path, check=True)
+    for path in ("eval/stage1/metrics.csv", "eval/refiner/summary.json"):
+        assert subprocess.run([git, "check-ignore", "-q", path], cwd=tmp_path).returncode == 0, path
+    assert subprocess.run([git, "check-ignore", "-q", "custom/eval/module.py"], cwd=tmp_path).returncode == 1
 
 
 # ----------------------------------------------------------------------------------------------- demo, phantoms

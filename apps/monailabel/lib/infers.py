@@ -107,9 +107,21 @@ class LocalBundleTask(InferTask):
     """
 
     id_params: tuple[str, ...] = ()
+    # what MONAI Label's /info/ reports of the task; each task sets its own
+    task_type = InferType.OTHERS
+    labels: dict | None = None
+    dimension = 3
+    description = ""
+    defaults: dict = {}
 
-    def __init__(self, bundle_dir, datastore, device, weights, type, labels, dimension, description, config=None):
-        super().__init__(type=type, labels=labels, dimension=dimension, description=description, config=config)
+    def __init__(self, bundle_dir, datastore, device, weights):
+        super().__init__(
+            type=self.task_type,
+            labels=self.labels,
+            dimension=self.dimension,
+            description=self.description,
+            config=dict(self.defaults),
+        )
         self.bundle_dir = Path(bundle_dir)
         self.datastore = datastore
         self.device = device
@@ -198,19 +210,14 @@ class MaskRefinerInfer(LocalBundleTask):
 
     name = "mask_refiner"
     id_params = ("coarse_tag",)
+    task_type = InferType.SEGMENTATION
+    labels = {"lesion": 1}
+    dimension = 2
+    description = "Refines a coarse 2D segmentation from its probability map (bundle mask_refiner_2d)"
+    defaults = {"coarse_tag": "coarse", "threshold": MASK_THRESHOLD}
 
-    def __init__(self, bundle_dir, datastore, device, weights, label_name="lesion"):
-        super().__init__(
-            bundle_dir,
-            datastore,
-            device,
-            weights,
-            type=InferType.SEGMENTATION,
-            labels={label_name: 1},
-            dimension=2,
-            description="Refines a coarse 2D segmentation from its probability map (bundle mask_refiner_2d)",
-            config={"coarse_tag": "coarse", "threshold": MASK_THRESHOLD},
-        )
+    def __init__(self, bundle_dir, datastore, device, weights):
+        super().__init__(bundle_dir, datastore, device, weights)
         self.threshold = float(self.bundle_config.get("threshold", MASK_THRESHOLD))
 
     def _probabilities(self, request, shape_uv) -> np.ndarray:
@@ -303,19 +310,9 @@ class XRayToCTInfer(LocalBundleTask):
 
     name = "xray2ct"
     id_params = ("lateral", "ct_id")
-
-    def __init__(self, bundle_dir, datastore, device, weights):
-        super().__init__(
-            bundle_dir,
-            datastore,
-            device,
-            weights,
-            type=InferType.OTHERS,
-            labels=None,
-            dimension=2,
-            description="Reconstructs a CT (HU) from a frontal and a lateral X-ray (bundle xray2ct_cascade_diffusion)",
-            config={"lateral": "", "num_inference_steps": 0, "num_samples": 0, "seed": 0},
-        )
+    dimension = 2
+    description = "Reconstructs a CT (HU) from a frontal and a lateral X-ray (bundle xray2ct_cascade_diffusion)"
+    defaults = {"lateral": "", "num_inference_steps": 0, "num_samples": 0, "seed": 0}
 
     def run(self, request):
         frontal = request["image"]
@@ -401,19 +398,8 @@ class CTDetailInfer(LocalBundleTask):
 
     name = "ct_refiner"
     id_params = ("refined_id",)
-
-    def __init__(self, bundle_dir, datastore, device, weights):
-        super().__init__(
-            bundle_dir,
-            datastore,
-            device,
-            weights,
-            type=InferType.OTHERS,
-            labels=None,
-            dimension=3,
-            description="Refines the details of a CT in HU (bundle ct_detail_refinement)",
-            config={"refined_id": ""},
-        )
+    description = "Refines the details of a CT in HU (bundle ct_detail_refinement)"
+    defaults = {"refined_id": ""}
 
     def run(self, request):
         refined_id = check_id(

@@ -63,9 +63,8 @@ def check_overrides(parser: ConfigParser, overrides: dict, option: str = "--over
             inner = {_json_kind(v) for v in current}
             bad = [v for v in value if len(inner) == 1 and _json_kind(v) not in inner | {None}]
             if bad:
-                raise InputError(
-                    f"{option}: {key} must be a list of {inner.pop()}s like {json.dumps(current)}, got {json.dumps(value)}"
-                )
+                kind = inner.pop()
+                raise InputError(f"{option}: {key} must be a list of {kind}s like {json.dumps(current)}, got {value}")
 
 
 def make_parser(config: dict, bundle_dir, overrides: dict | None = None) -> ConfigParser:
