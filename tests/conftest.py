@@ -153,6 +153,18 @@ def unprivileged() -> list:
     return [setpriv, "--bounding-set", "-dac_override", "--"]
 
 
+def tensorboard_files_without_data(folder) -> list:
+    """TensorBoard event files under ``folder`` that hold no scalar, image or other summary (only the file header):
+    what a process that should not log leaves behind when it builds a writer anyway."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    empty = []
+    for path in sorted(Path(folder).rglob("events.out.tfevents*")):
+        if not any(event.HasField("summary") for event in EventFileLoader(str(path)).Load()):
+            empty.append(path)
+    return empty
+
+
 @pytest.fixture
 def small_phantom():
     from custom.datasets.phantom import chest_phantom

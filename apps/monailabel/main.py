@@ -11,7 +11,9 @@ App settings (``--conf KEY VALUE``):
   ``http://localhost:3000`` (default: none; ``MONAI_LABEL_CORS_ORIGINS`` adds to them).
 
 What the server refuses (ids that are not plain names, server paths as images, malformed ``params``, other web
-sites' pages) is checked in ``lib/guards.py``; README.md lists it.
+sites' pages) is checked in ``lib/guards.py``; README.md lists it. ``--studies http://HOST:PORT/dicom-web`` takes the
+images from a DICOMweb server such as Orthanc (``lib/dicomweb.py``): radiographs stay DICOM, xray2ct may be given a
+study, and generated volumes are stored back as CT series in their source's study.
 
 A bundle whose folder or ``models/model.pt`` is missing is left out with a warning in the log, never served with
 untrained weights; restart the server once the weights are in place.
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 from fastapi import HTTPException
 from lib.bundles import missing_parts
+from lib.dicomweb import CheckedDICOMWebDatastore, make_client
 from lib.guards import (
     IMAGE_HINT,
     REQUEST_FILES,
@@ -35,6 +38,7 @@ from lib.guards import (
     check_id,
     configure_cors,
     install_http_guards,
+    serve_inference_in_threads,
 )
 from lib.infers import CTDetailInfer, MaskRefinerInfer, XRayToCTInfer
 from lib.trainers import MaskRefinerTrain
@@ -78,11 +82,25 @@ class XRayCTApp(MONAILabelApp):
             from monailabel.app import app as server
 
             configure_cors(server, self.cors_origins)
+            serve_inference_in_threads(server)
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):
-            # remote stores (DICOMweb, XNAT, DSA) stay monailabel's; the HTTP guards still refuse ids that are not names
-            return super().init_datastore()
+            if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
+                # XNAT and DSA stay monailabel's; the HTTP guards still refuse ids that are not names
+                return super().init_datastore()
+            # DICOMweb: monailabel's datastore with the app's id checks, radiographs kept as DICOM, results stored
+            # back as series; built here because monailabel's own set-up downloads the dcmqi tools from GitHub
+            self.studies = self.studies.rstrip("/").strip()
+            logger.info(f"DICOMweb datastore: {self.studies}")
+            return CheckedDICOMWebDatastore(
+                make_client(self.studies, settings),
+                cache_path=(settings.MONAI_LABEL_DATASTORE_CACHE_PATH or settings.MONAI_LABEL_DICOMWEB_CACHE_PATH)
+                or None,
+                search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+                fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+                convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI,
+            )
         return CheckedLocalDatastore(
             self.studies,
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
@@ -151,10 +169,16 @@ class XRayCTApp(MONAILabelApp):
         image_id = None
         if not (sent.image or (sent.session and request.get("session"))):
             image_id = check_id(image, "image", IMAGE_HINT)
-            path = datastore.get_image_uri(image_id)
-            if not path or not os.path.isfile(path):
-                raise HTTPException(404, f"no image with id {image_id!r} in the datastore")
-            request["image"], request["image_id"] = path, image_id
+            if getattr(task, "picks_own_images", False) and hasattr(datastore, "pick_views"):
+                # DICOMweb: the id may be a study, whose radiographs the task picks by their tags
+                request["image"], request["image_id"] = "", image_id
+            else:
+                path = datastore.get_image_uri(image_id)
+                # a DICOMweb datastore with NIfTI conversion off serves a series as its folder of DICOM files
+                folder_ok = hasattr(datastore, "series_files") and bool(path) and os.path.isdir(path)
+                if not path or not (os.path.isfile(path) or folder_ok):
+                    raise HTTPException(404, f"no image with id {image_id!r} in the datastore")
+                request["image"], request["image_id"] = path, image_id
         save_label = bool(request.get("save_label")) and image_id is not None and model not in GENERATORS
         tag = request.get("label_tag", DefaultLabelTag.ORIGINAL.value)
         if save_label:

@@ -121,6 +121,8 @@ class DataCommands:
         summary = prepare_dataset(source, out, shard=shard, merge=merge, **opts)
         for cid, err in summary["failed"].items():
             print(f"skipped {cid}: {err}", file=sys.stderr)
+        for cid, warning in summary["warnings"].items():
+            print(f"warning: {cid}: {warning}", file=sys.stderr)
         if summary["datalist"]:
             print(f"datalist: {summary['datalist']} {json.dumps(summary['split_counts'])}")
         else:
@@ -153,7 +155,7 @@ class DataCommands:
         from custom.core.ct import load_ct
         from custom.core.memory import check_memory
         from custom.core.physics import drr_memory_bytes
-        from custom.datasets.drr import render_drrs, write_drr_outputs
+        from custom.datasets.drr import coverage_warning, render_drrs, write_drr_outputs
 
         need_dir_path(out_dir)
         geo = geometry_arg(geometry, size)
@@ -167,6 +169,9 @@ class DataCommands:
             "--size (pixels per side)",
         )
         drr, _ = render_drrs(ct, geo, mu_water)
+        warning = coverage_warning(ct, geo)
+        if warning:
+            print(f"warning: {ct_path}: {warning}", file=sys.stderr)
         out = need_dir(out_dir)  # created only once the inputs are known to be good
         files = write_drr_outputs(drr, geo, out)
         print(json.dumps(files, indent=1))

@@ -171,6 +171,7 @@ class XRayToCTCommands:
             num_inference_steps=steps,
             num_samples=num_samples,
             seed=seed,
+            overwrite=True,  # the demo owns its output folder: a second run replaces the first one's cases
         )
         cfg = ConfigParser()
         cfg.read_config(str(bundle / "configs" / "inference.json"))

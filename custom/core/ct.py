@@ -240,4 +240,36 @@ def load_ct(path, series_uid: str | None = None, max_voxels: int = MAX_VOXELS) -
     check_hu(data, str(path))
     data = np.clip(data, HU_MIN, HU_MAX)
     meta = {"filename_or_obj": str(path), "space": "RAS", "original_affine": affine.copy()}
-    return MetaTensor(torch.from_numpy(data)[None], affine=torch.as_tensor(affine), meta=meta)
+    ct = MetaTensor(torch.from_numpy(data)[None], affine=torch.as_tensor(affine), meta=meta)
+    return axis_aligned(ct)
+
+
+def is_oblique(affine, tolerance: float = 1e-3) -> bool:
+    """True when the voxel axes are not the patient axes up to order and sign (a tilted gantry, a rotated or
+    sheared volume)."""
+    a = np.asarray(affine, dtype=np.float64)[:3, :3]
+    cosines = a / np.linalg.norm(a, axis=0, keepdims=True)
+    return bool(np.abs(np.abs(cosines).max(axis=0) - 1).max() > tolerance)
+
+
+def axis_aligned(ct: MetaTensor) -> MetaTensor:
+    """``ct`` on a grid whose axes are the patient axes, resampled in physical space when its affine is oblique.
+
+    Every consumer (DRRs, ``prepare``, the refiners, the app) works on axis-aligned grids: doing the resampling here,
+    once, at reading, keeps all of them honest instead of each treating a rotated volume as if it were upright.
+    The new grid keeps the voxel size of the old axes and covers the whole volume; outside it is air.
+    """
+    if not is_oblique(ct.affine):
+        return ct
+    from monai.transforms import Spacing
+
+    spacing = np.linalg.norm(np.asarray(ct.affine, dtype=np.float64)[:3, :3], axis=0)
+    # resample HU + 1024 with zero padding so that what lies outside the original volume reads as air
+    meta = {k: v for k, v in ct.meta.items() if k != "affine"}
+    shifted = MetaTensor(ct.as_tensor() - HU_MIN, affine=ct.affine, meta=meta)
+    out = Spacing(pixdim=tuple(float(s) for s in spacing), diagonal=True, mode="bilinear", padding_mode="zeros")(
+        shifted
+    )
+    out = out + HU_MIN
+    out.meta["resampled_from_oblique"] = True
+    return out

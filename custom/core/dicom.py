@@ -25,7 +25,7 @@ import datetime
 import math
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -75,6 +75,20 @@ def fit_lo(*candidates: str) -> str:
     return candidates[-1][:MAX_LO]
 
 
+def bundle_software(bundle_root, default_name: str) -> tuple[str, str]:
+    """(name, version) that identify a bundle in the DICOM headers it writes: the bundle folder's name and the
+    version in its ``configs/metadata.json``; ``default_name`` and ``unknown`` when ``bundle_root`` is not a bundle."""
+    import json
+
+    if bundle_root:
+        root = Path(str(bundle_root)).resolve()
+        try:
+            return root.name, str(json.loads((root / "configs" / "metadata.json").read_text())["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return default_name, "unknown"
+
+
 def _ds(x: float) -> str:
     """A Decimal String (at most 16 characters) as close to ``x`` as 16 characters allow."""
     x = float(x)
@@ -119,7 +133,6 @@ class DicomStudy:
     frame_of_reference_uid: str
     sources: tuple = ()
     copied: bool = False
-    created: datetime.datetime = field(default_factory=datetime.datetime.now)
 
     @classmethod
     def new(cls) -> "DicomStudy":
@@ -140,7 +153,7 @@ class DicomStudy:
             "StudyID": "",
             "ReferringPhysicianName": "",
         }
-        return cls(attributes, generate_uid(), (), False, now)
+        return cls(attributes, generate_uid(), (), False)
 
     @classmethod
     def from_sources(cls, sources: Sequence) -> "DicomStudy":
@@ -169,7 +182,7 @@ class DicomStudy:
         first = next((ds for ds in datasets if getattr(ds, "StudyInstanceUID", None)), None)
         if first is None:
             study = cls.new()
-            return cls(study.attributes, study.frame_of_reference_uid, refs, False, study.created)
+            return cls(study.attributes, study.frame_of_reference_uid, refs, False)
         attributes = {}
         for keyword in PATIENT_KEYWORDS + STUDY_KEYWORDS:
             value = getattr(first, keyword, None)

@@ -66,6 +66,17 @@ class EpochValidationHandler(ValidationHandler):
         if self.exec_at_start:
             engine.add_event_handler(Events.STARTED, self)
 
+    def __call__(self, engine) -> None:
+        # Validation must not change training: its data loader draws a seed from torch's generator, so without this
+        # a run that validates at an epoch (its last) would continue differently from one that does not, and a
+        # resumed run would no longer end with the weights of an uninterrupted one.
+        rng = RNGState()
+        state = rng.state_dict()
+        try:
+            super().__call__(engine)
+        finally:
+            rng.load_state_dict(state)
+
 
 class CopyWeights:
     """At the start of a run, copy the weights of ``source`` into ``target`` (DDP wrappers are looked through).

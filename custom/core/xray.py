@@ -415,8 +415,10 @@ class LoadXRayd(MapTransform):
                     f"was given as the {key} X-ray; give it as {tagged}_path (a pair needs one frontal, PA or AP, "
                     "and one lateral view)"
                 )
-            det = to_detector(img, self.geometry)
             drr = path.lower().endswith((".nii", ".nii.gz"))
+            if drr:
+                check_drr_file(img, self.geometry)
+            det = to_detector(img, self.geometry)
             out[key] = line_integral_to_input(det) if drr else match_drr_range(det)
             # strings and booleans only: the batch collation of MONAI's DataLoader refuses None
             out[f"{key}_meta"] = {
@@ -439,6 +441,37 @@ class LoadXRayd(MapTransform):
             line_integrals = not (out["frontal_meta"]["range_matched"] or out["lateral_meta"]["range_matched"])
             check_view_pair(out["frontal"], out["lateral"], line_integrals)
         return out
+
+
+# Line integrals of chest DRRs: about 4 through 20 cm of soft tissue, under 15 even laterally through the shoulders;
+# a maximum far above that is an image in other units (scaled, or transmitted intensity), not a DRR of a chest.
+MAX_LINE_INTEGRAL = 20.0
+
+
+def check_drr_file(img: MetaTensor, geometry: ProjectionGeometry) -> None:
+    """Refuse a NIfTI X-ray that is not a DRR in this project's units or does not fit the model's detector.
+
+    NIfTI X-rays are taken as line integrals on the detector (what ``drr`` and ``prepare`` write), so nothing about
+    them is rescaled: values in other units, or a header spacing that puts the image on a detector of another size
+    (a 1 mm identity affine: a 64 mm image where the model expects 500 mm), would reconstruct silently wrong.
+    """
+    path = img.meta.get("filename_or_obj", "the X-ray")
+    x = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
+    top, bottom = float(x.max()), float(x.min())
+    if not 0 < top <= MAX_LINE_INTEGRAL or bottom < -0.05 * top:
+        raise InputError(
+            f"{path}: values from {bottom:.4g} to {top:.4g} are not DRR line integrals (0 to about 10 for a chest, "
+            "never negative); a NIfTI X-ray must be a DRR written by `python -m custom drr` or `prepare`. Give a "
+            "clinical radiograph as DICOM or PNG instead: its range is matched automatically"
+        )
+    field = max(float(s) * n for s, n in zip(img.pixdim[:2], x.shape[-2:]))
+    extent = geometry.detector_extent
+    if not 0.5 <= field / extent <= 2.0:
+        raise InputError(
+            f"{path}: its header spacing makes the image {field:.4g} mm wide, but the model's detector is "
+            f"{extent:.4g} mm; DRRs carry their detector pitch in the header (write them with `python -m custom drr`, "
+            "or set the NIfTI pixel spacing to the detector's)"
+        )
 
 
 def _spacing_note(img: MetaTensor) -> str:

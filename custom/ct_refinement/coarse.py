@@ -23,6 +23,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import GaussianSmooth, MapTransform, Randomizable, Resize
 
+from custom.core.cases import file_case_name
 from custom.core.ct import load_ct
 from custom.core.errors import InputError
 from custom.core.transforms import hu_to_window, preprocess_ct
@@ -218,16 +219,6 @@ def coarse_input(source: str, degrade: dict | None = None, cascade: dict | None 
     return kind(**(options or {}))
 
 
-# file names that say nothing about the case: the case is then named after the folder (``<case>/ct.nii.gz`` is how
-# the cascade bundle's inference writes its outputs)
-_GENERIC_STEMS = {"ct", "coarse", "refined", "image", "volume", "frontal", "lateral"}
-
-
-def _case_from_path(path: Path) -> str:
-    stem = path.name.split(".")[0] if path.is_file() else path.name
-    return path.parent.name if stem.lower() in _GENERIC_STEMS and path.parent.name else stem
-
-
 class LoadCoarseCTd(MapTransform):
     """Coarse CT from a file: load it (NIfTI or a DICOM series folder, in HU), put it on the refiner's grid, window it.
 
@@ -297,7 +288,7 @@ class LoadCoarseCTd(MapTransform):
         ct = preprocess_ct(load_ct(path, self.series_uid), self.size, self.cube_mm, self.iso_spacing)
         d[self.output_key] = hu_to_window(ct.float(), self.window)  # a MetaTensor, like the loaded ground truth
         d[self.affine_key] = torch.as_tensor(np.asarray(ct.affine), dtype=torch.float64)
-        d.setdefault("case_id", _case_from_path(path))
+        d.setdefault("case_id", file_case_name(path))
         return d
 
 
@@ -323,5 +314,5 @@ def file_inputs(coarse_path: str = "", frontal_path: str = "", lateral_path: str
     item = {k: str(v) for k, v in (("coarse", coarse_path), ("frontal", frontal_path), ("lateral", lateral_path)) if v}
     if not item:
         raise InputError("no input files: give --coarse_path, or --frontal_path and --lateral_path")
-    item["case_id"] = _case_from_path(Path(coarse_path or frontal_path))
+    item["case_id"] = file_case_name(Path(coarse_path or frontal_path))
     return [item]

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Events
 
-from custom.core.cases import batch_item, case_name
+from custom.core.cases import batch_item, case_name, claim_output
+from custom.core.options import as_bool
 from custom.core.io import atomic_path, save_nifti, save_png, save_report
 from custom.core.metrics import REFINEMENT_CONVENTION, REFINEMENT_METRICS, refinement_metrics
 from custom.core.transforms import cube_affine, finer_affine, window_to_hu
@@ -65,6 +66,7 @@ class RefinementWriter:
         cube_mm: side of the CT cube in mm (NIfTI affine).
         save_volumes, save_figures: write the per-case files.
         units: ``"hu"`` (the evaluator's postprocessing already mapped to HU) or ``"window"`` ([-1, 1]).
+        overwrite: replace the files of a case of the same name already in ``output_dir`` (otherwise refused).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class RefinementWriter:
         save_volumes: bool = True,
         save_figures: bool = True,
         units: str = "hu",
+        overwrite: bool = False,
     ):
         if units not in ("hu", "window"):
             raise ValueError(f"units must be 'hu' or 'window', got {units!r}")
@@ -83,6 +86,7 @@ class RefinementWriter:
         self.window = tuple(float(w) for w in window)
         self.cube_mm = float(cube_mm)
         self.save_volumes, self.save_figures = bool(save_volumes), bool(save_figures)
+        self.overwrite = as_bool(overwrite, "overwrite")
         self.rows: list = []
         self.count = 0
 
@@ -127,6 +131,8 @@ class RefinementWriter:
                 tri = _to_size(coarse, size, "trilinear")
                 self.rows.append({"case_id": name, "method": "trilinear", **refinement_metrics(tri, gt, self.window)})
         folder = self.output_dir / name
+        if self.save_volumes or self.save_figures:
+            claim_output(folder, self.overwrite)
         lo, hi = self.window
         if self.save_volumes:
             note = f"HU clipped to [{lo:g},{hi:g}]"

@@ -13,6 +13,28 @@ from custom.core.visualize import ct_slices_display, hstack, vstack, xray_displa
 from custom.core.xray import save_xray
 
 
+# Below this share of the detector's height covered by the CT, most of each DRR is empty: the X-rays do not look like
+# radiographs of a chest, and a model trained on whole chests will not reconstruct them well.
+MIN_COVERAGE = 0.5
+
+
+def coverage_warning(ct, geometry) -> str | None:
+    """A sentence when ``ct`` (1, X, Y, Z) covers much less of the DRR's height (the body axis, at the isocentre)
+    than the detector sees, else None."""
+    import numpy as np
+
+    ras = Orientation(axcodes="RAS", labels=None)(ct)
+    height = float(np.linalg.norm(np.asarray(ras.affine, dtype=np.float64)[:3, 2])) * ras.shape[-1]
+    covered = min(height / geometry.field_of_view, 1.0)
+    if covered >= MIN_COVERAGE:
+        return None
+    return (
+        f"the CT covers {height:.0f} mm along the body axis, {covered:.0%} of the {geometry.field_of_view:.0f} mm the "
+        f"X-ray detector sees ({1 - covered:.0%} of each DRR shows no body); reconstructions from such DRRs are not "
+        "comparable with whole-chest ones"
+    )
+
+
 def render_drrs(ct, geometry, mu_water=None):
     """Frontal and lateral line integrals (2, U, V) of a loaded CT in its own grid (RAS, native spacing)."""
     ras = Orientation(axcodes="RAS", labels=None)(ct)

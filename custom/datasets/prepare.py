@@ -147,8 +147,8 @@ def _case_done(case_dir: Path, settings: dict) -> bool:
         return False
 
 
-def _build_case(case: Case, cases_dir: str, settings: dict, threads: int) -> tuple[str, str | None]:
-    """Build one case; returns (case_id, error message or None). Runs in worker processes."""
+def _build_case(case: Case, cases_dir: str, settings: dict, threads: int) -> tuple[str, str | None, str | None]:
+    """Build one case; returns (case_id, error or None, warning or None). Runs in worker processes."""
     import torch
 
     from custom.core.ct import load_ct
@@ -157,6 +157,7 @@ def _build_case(case: Case, cases_dir: str, settings: dict, threads: int) -> tup
     from custom.core.transforms import cube_affine, preprocess_ct
     from custom.core.visualize import ct_slices_display, hstack, xray_display
     from custom.core.xray import save_xray
+    from custom.datasets.drr import coverage_warning
 
     torch.set_num_threads(max(1, threads))
     try:
@@ -164,6 +165,7 @@ def _build_case(case: Case, cases_dir: str, settings: dict, threads: int) -> tup
             ct = load_ct(case.path, series_uid=case.series_uid)
             hu = preprocess_ct(ct, settings["size"], settings["cube_mm"], settings["iso_spacing"])
             geo = ProjectionGeometry(**settings["geometry"])
+            warning = coverage_warning(ct, geo)
             with torch.no_grad():
                 drr = DRR(geo, ("frontal", "lateral"), settings["mu_water"])(hu[None])[0]
             # centred on the origin like the DRR isocentre and every reconstruction, so they overlay in a viewer
@@ -182,14 +184,16 @@ def _build_case(case: Case, cases_dir: str, settings: dict, threads: int) -> tup
                     "settings": settings,
                     "source_spacing": [float(s) for s in ct.pixdim[:3]],
                     "source_shape": [int(s) for s in ct.shape[1:]],
+                    "resampled_from_oblique": bool(ct.meta.get("resampled_from_oblique", False)),
+                    "warnings": [warning] if warning else [],
                 },
                 tmp / "case.json",
             )
-        return case.case_id, None
+        return case.case_id, None, warning
     except InputError as e:
-        return case.case_id, str(e)
+        return case.case_id, str(e), None
     except Exception as e:  # one unreadable case must not stop a 1000-case run; it is reported at the end
-        return case.case_id, f"{type(e).__name__}: {e}"
+        return case.case_id, f"{type(e).__name__}: {e}", None
 
 
 def _parse_shard(shard) -> tuple[int, int]:
@@ -275,23 +279,27 @@ def prepare_dataset(
             f"{settings['geometry']['detector_pixels']} px DRRs",
             "--size, --detector_size" + (" or --num_workers" if workers > 1 else ""),
         )
-    failed = {}
+    failed, warnings = {}, {}
     threads = max(1, (os.cpu_count() or 1) // int(num_workers))
     bar = tqdm(total=len(todo), desc=f"prepare {i_shard}/{n_shard}", unit="case", disable=not progress)
     if int(num_workers) == 1:
         for c in todo:
-            cid, err = _build_case(c, str(cases_dir), settings, threads)
+            cid, err, warning = _build_case(c, str(cases_dir), settings, threads)
             if err:
                 failed[cid] = err
+            if warning:
+                warnings[cid] = warning
             bar.update()
     elif todo:
         try:
             with ProcessPoolExecutor(int(num_workers), mp_context=get_context("spawn")) as pool:
                 futures = [pool.submit(_build_case, c, str(cases_dir), settings, threads) for c in todo]
                 for fut in as_completed(futures):
-                    cid, err = fut.result()
+                    cid, err, warning = fut.result()
                     if err:
                         failed[cid] = err
+                    if warning:
+                        warnings[cid] = warning
                     bar.update()
         except BrokenProcessPool:
             raise InputError(
@@ -308,6 +316,7 @@ def prepare_dataset(
         "built": len(todo) - len(failed),
         "skipped_done": len(mine) - len(todo) if not merge else 0,
         "failed": failed,
+        "warnings": warnings,
         "missing_other_shards": missing,
         "datalist": None,
     }

@@ -292,7 +292,8 @@ class PrepareRefinerInputd:
     """Dictionary transform for inference: ``{"image": path, "probabilities": path}`` -> ``image`` (6, H, W).
 
     The image may be PNG, NIfTI, DICOM or .npy; the probabilities a (2, H, W) softmax or an (H, W) foreground map
-    as .npy. Keeps ``case_id`` (the image's file name) and the raw image for the overlay.
+    as .npy. Keeps ``case_id`` (the image's file name), the raw image for the overlay and ``image_path`` (a DICOM
+    image's header goes into the segmentation written for it).
     """
 
     def __call__(self, data: dict) -> dict:
@@ -311,4 +312,4 @@ class PrepareRefinerInputd:
         name = img_path.name
         for suffix in (".nii.gz", ".nii", ".png", ".npy", ".dcm"):
             name = name[: -len(suffix)] if name.lower().endswith(suffix) else name
-        return {"image": torch.from_numpy(x), "case_id": name}
+        return {"image": torch.from_numpy(x), "case_id": name, "image_path": str(img_path)}

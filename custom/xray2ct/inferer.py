@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from monai.inferers import Inferer
 
+from custom.core.bundle.errors import bundle_check
 from custom.xray2ct.ddim import DDIMSampler
 from custom.xray2ct.schedule import cosine_alpha_bar
 
@@ -25,6 +27,9 @@ class DDIMInferer(Inferer):
         clip_x0: clamp of the predicted x0.
         guidance: optional callable ``(x0, xray) -> loss`` for physics guidance, with ``guidance_scale``.
         progress: show a progress bar.
+        roi_size: side of the tiles a sub-volume network (:class:`custom.xray2ct.patch_network.PatchDenoiser`) is
+            run on at each step, with MONAI's sliding-window blending; None or at least D: the whole volume at once.
+        overlap: overlap of neighbouring tiles (fraction of ``roi_size``); tiles are blended with Gaussian weights.
     """
 
     def __init__(
@@ -39,8 +44,12 @@ class DDIMInferer(Inferer):
         guidance=None,
         guidance_scale: float = 0.0,
         progress: bool = False,
+        roi_size: int | None = None,
+        overlap: float = 0.25,
     ):
         super().__init__()
+        self.roi_size = int(roi_size) if roi_size else None
+        self.overlap = float(overlap)
         self.volume_size = int(volume_size)
         self.sampler = DDIMSampler(cosine_alpha_bar(num_train_timesteps), num_inference_steps, eta, clip_x0)
         self.num_samples = int(num_samples)
@@ -58,9 +67,149 @@ class DDIMInferer(Inferer):
         guidance = None
         if self.guidance is not None and self.guidance_scale > 0:
             guidance = lambda x0: self.guidance(x0, cond["xrays"])  # noqa: E731
+        if hasattr(network, "lift_xrays"):
+            network, cond = self._tiled(network, cond, d), {}
         x = self.sampler.sample(
             network, (b * k, 1, d, d, d), cond, gen, inputs.device, guidance, self.guidance_scale, self.progress
         )
         x = x.view(b, k, 1, d, d, d)
         self.last_std = x.std(dim=1) if k > 1 else torch.zeros_like(x[:, 0])
         return x.mean(dim=1)
+
+    def _tiled(self, network, cond: dict, d: int):
+        """v(x_t, t) of a sub-volume network over the whole volume: the X-ray features lifted once per call, then
+        the network on tiles of ``roi_size`` blended by MONAI's sliding window (or on the whole volume)."""
+        from monai.inferers import sliding_window_inference
+
+        from custom.xray2ct.patch_network import cube_coordinates
+
+        xrays, prev = cond["xrays"], cond.get("prev")
+        if prev is None:
+            raise ValueError("a super-resolution stage needs prev, the previous stage's output upsampled to D")
+        with torch.no_grad():
+            lifted = network.lift_xrays(xrays)
+        coords = cube_coordinates(d, device=xrays.device)[None]
+        roi = self.roi_size if self.roi_size and self.roi_size < d else None
+
+        def v(x_t, t01):
+            out = []
+            for i in range(x_t.shape[0]):  # one case at a time: each tile must see its own case's X-rays
+
+                def predictor(tile, i=i):
+                    n = tile.shape[0]
+                    cond_i = (xrays[i : i + 1].expand(n, -1, -1, -1), lifted[i : i + 1].expand(n, -1, -1, -1, -1))
+                    return network(
+                        tile[:, :1], t01[i : i + 1].expand(n), cond_i[0], tile[:, 1:2], tile[:, 2:5], cond_i[1]
+                    )
+
+                tiles = torch.cat([x_t[i : i + 1], prev[i : i + 1], coords], dim=1)
+                if roi is None:
+                    out.append(predictor(tiles))
+                else:
+                    out.append(
+                        sliding_window_inference(
+                            tiles, (roi,) * 3, 1, predictor, overlap=self.overlap, mode="gaussian", progress=False
+                        )
+                    )
+            return torch.cat(out)
+
+        return v
+
+
+def parse_stages(stages, available: int = 3) -> list[int]:
+    """``"1"``, ``"1-2"``, ``"1-3"`` (or an int) -> the stage numbers to run, always starting at stage 1."""
+    from custom.core.errors import InputError
+
+    text = str(stages).strip()
+    last = text.split("-")[-1] if text.startswith("1") else ""
+    if not last.isdigit() or not 1 <= int(last) <= available or text not in ("1", f"1-{last}"):
+        choices = ", ".join(["1"] + [f"1-{n}" for n in range(2, available + 1)])
+        raise InputError(f"stages must be one of {choices} (the cascade always starts from the X-rays), got {stages!r}")
+    return list(range(1, int(last) + 1))
+
+
+class CascadeInferer(Inferer):
+    """The whole cascade as one MONAI inferer: stage 1 samples a coarse CT from the X-rays, each later stage samples
+    at its own resolution conditioned on the previous stage's sampled output (trilinearly upsampled) and on the
+    X-rays resized to its own size.
+
+    Args:
+        stages: one dict per stage, in order: ``network`` (the stage's denoiser; stage 1 may be None to use the
+            network the evaluator passes in), ``inferer`` (its :class:`DDIMInferer`) and ``xray_size``.
+        run: which stages run, ``"1"``, ``"1-2"`` or ``"1-3"``.
+
+    After a call, ``outputs`` holds each stage's mean CT (window units) and ``last_std`` the final stage's spread.
+    """
+
+    def __init__(self, stages, run="1-3"):
+        super().__init__()
+        self.stages = list(stages)
+        self.run = parse_stages(run, len(self.stages))
+        self.outputs: list[torch.Tensor] = []
+        self.last_std: torch.Tensor | None = None
+
+    def __call__(self, inputs: torch.Tensor, network=None, *args, **kwargs) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        prev, self.outputs = None, []
+        for number in self.run:
+            stage = self.stages[number - 1]
+            net = stage.get("network") or network
+            n = int(stage["xray_size"])
+            xrays = inputs if inputs.shape[-1] == n else F.interpolate(inputs, size=(n, n), mode="area")
+            inferer = stage["inferer"]
+            if prev is not None:
+                size = (inferer.volume_size,) * 3
+                prev = F.interpolate(prev, size=size, mode="trilinear", align_corners=False)
+            prev = inferer(xrays, net, prev=prev)
+            self.outputs.append(prev)
+            self.last_std = inferer.last_std
+        return prev
+
+
+@bundle_check
+def build_cascade(first: DDIMInferer, first_xray_size: int, later, run="1", device="cpu"):
+    """The inferer of an inference run: stage 1's own :class:`DDIMInferer` when only stage 1 runs (exactly the
+    one-stage path), else a :class:`CascadeInferer` whose later stages are built from their settings.
+
+    ``later``: one dict per later stage (2, 3) with ``network`` (keyword arguments of
+    :class:`custom.xray2ct.patch_network.PatchDenoiser`), ``ckpt_path``, ``xray_size``, ``num_inference_steps``,
+    ``num_samples``, ``roi_size`` and ``overlap``. Only the stages that run are built, and each one's weights must
+    load strictly.
+    """
+    from custom.core.bundle import load_weights
+    from custom.core.errors import InputError
+    from custom.xray2ct.patch_network import PatchDenoiser
+
+    numbers = parse_stages(run, 1 + len(later))
+    if numbers == [1]:
+        return first
+    stages = [{"network": None, "inferer": first, "xray_size": int(first_xray_size)}]
+    for number in numbers[1:]:
+        s = dict(later[number - 2])
+        ckpt = str(s["ckpt_path"])
+        if not Path(ckpt).is_file():
+            raise InputError(
+                f"stage {number} has no weights at {ckpt}; run stages 1 (the default), set stage{number}#ckpt_path to "
+                f"trained weights, or train stage {number} (see the model card)"
+            )
+        net = load_weights(PatchDenoiser(**s["network"]), ckpt, f"; stage{number}#network must match its weights")
+        inferer = DDIMInferer(
+            s["network"]["volume_size"],
+            first.sampler.num_train_timesteps,
+            int(s["num_inference_steps"]),
+            num_samples=int(s.get("num_samples", 1)),
+            seed=first.seed,
+            progress=first.progress,
+            roi_size=s.get("roi_size"),
+            overlap=float(s.get("overlap", 0.25)),
+        )
+        stages.append({"network": net.to(device).eval(), "inferer": inferer, "xray_size": int(s["xray_size"])})
+    return CascadeInferer(stages, run)
+
+
+@bundle_check
+def input_xray_size(first_xray_size: int, later, run="1") -> int:
+    """Side of the X-rays to load: that of the last stage that runs (earlier stages shrink them to their own)."""
+    numbers = parse_stages(run, 1 + len(later))
+    return int(first_xray_size) if numbers[-1] == 1 else int(later[numbers[-1] - 2]["xray_size"])

@@ -46,6 +46,7 @@ class CascadeDenoiser(nn.Module):
         hidden_size, vit_depth, num_heads: the ViT.
         geometry, views, cube_mm: the X-ray geometry used by the depth lifting.
         gradient_checkpointing: recompute activations in the backward pass to save memory.
+        extra_in_channels: further input channels a subclass concatenates (e.g. voxel coordinates).
         channels_last: keep 3D convolution weights and activations in NDHWC layout. On CPU, oneDNN's backward pass
             of 3D convolutions with few channels is 5-18x faster in this layout (measured: 8->8 channels at 4 x 64^3,
             4.8 s NCDHW vs 0.47 s NDHWC); it is also the layout cuDNN prefers under AMP.
@@ -67,6 +68,7 @@ class CascadeDenoiser(nn.Module):
         cube_mm: float = 320.0,
         gradient_checkpointing: bool = False,
         channels_last: bool = True,
+        extra_in_channels: int = 0,
     ):
         super().__init__()
         if volume_size % 4:
@@ -77,7 +79,7 @@ class CascadeDenoiser(nn.Module):
         self.time = TimestepEmbedding(hidden_size)
         self.encoders = nn.ModuleList([XRayEncoder(xray_channels) for _ in views])
         self.lift = DepthLifting(xray_channels, lift_channels, geometry, views, cube_mm)
-        in_ch = 1 + lift_channels + (1 if use_prev else 0)
+        in_ch = 1 + lift_channels + (1 if use_prev else 0) + int(extra_in_channels)
         # cuDNN falls back to a slow fp32 "indexed" kernel for the input gradient when the channel count is not a
         # multiple of 8 (17 here: it took 80% of a training step on an H100); zero channels make it 24.
         self.in_pad = -in_ch % 8

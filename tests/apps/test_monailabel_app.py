@@ -532,6 +532,47 @@ def test_real_server_bad_requests_over_http(server, data):
     assert requests.get(f"{server}/info/", timeout=10).status_code == 200
 
 
+def test_real_server_keeps_answering_during_inference_and_serves_concurrent_requests(server, data):
+    """Inference runs off the event loop: /info/ and the datastore answer within a second while two X-ray -> CT
+    requests (about 2 s each here) run at once, and each of the two gets the CT of its own seed."""
+    import threading
+
+    import requests
+
+    for image_id, key in (("busy_pa", "frontal"), ("busy_lat", "lateral")):
+        with open(data[key], "rb") as f:
+            assert requests.put(f"{server}/datastore/image?image={image_id}", files={"file": f}, timeout=30).ok
+    slow = {"lateral": "busy_lat", "num_inference_steps": 40, "num_samples": 1}
+    results = {}
+
+    def infer(seed, ct_id):
+        params = json.dumps(dict(slow, seed=seed, ct_id=ct_id))
+        r = requests.post(f"{server}/infer/xray2ct?image=busy_pa&output=image", data={"params": params}, timeout=300)
+        results[ct_id] = (r.status_code, r.content)
+
+    threads = [threading.Thread(target=infer, args=(seed, f"busy_ct_{seed}")) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    latencies = []
+    while any(t.is_alive() for t in threads):
+        for path in ("/info/", "/datastore/?output=stats"):
+            start = time.time()
+            assert requests.get(f"{server}{path}", timeout=30).status_code == 200
+            latencies.append((path, time.time() - start))
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    print(f"answers during inference: {len(latencies)}, slowest {max(s for _, s in latencies):.3f} s")
+    assert len(latencies) >= 10, latencies  # the requests were answered while inference ran, not after it
+    assert max(s for _, s in latencies) < 1.0, latencies
+    assert {k: s for k, (s, _) in results.items()} == {"busy_ct_1": 200, "busy_ct_2": 200}
+    one, two = (np.asarray(_nifti(results[f"busy_ct_{s}"][1]).dataobj) for s in (1, 2))
+    assert not np.array_equal(one, two)
+    infer(1, "busy_ct_1_alone")  # the same seed alone: the concurrent answer was this request's own CT
+    assert results["busy_ct_1_alone"][0] == 200
+    np.testing.assert_array_equal(np.asarray(_nifti(results["busy_ct_1_alone"][1]).dataobj), one)
+
+
 def _listing(*folders: Path) -> dict:
     return {str(f): sorted(os.listdir(f)) for f in folders}
 
@@ -720,6 +761,50 @@ def test_datastore_ids_that_could_name_a_file_elsewhere_are_refused(value, words
     assert e.value.status_code == 400 and words in e.value.detail and "image id" in e.value.detail
     for good in ("chest", "pa_ct", "slice0.v2", "1.2.840.10008", "Patient 7"):
         assert check_id(good, "image id") == good
+
+
+def test_dicomweb_ids_must_be_uids_and_views_come_from_position_then_orientation_then_view_code():
+    """On a DICOMweb datastore ids become URL path segments on the server: only DICOM UIDs pass. Radiograph views
+    come from View Position, else Patient Orientation, else the View Code Sequence; decubitus codes decide nothing."""
+    sys.path.insert(0, str(APP_DIR))
+    try:
+        from lib.dicomweb import view_of
+        from lib.guards import check_uid
+    finally:
+        sys.path.remove(str(APP_DIR))
+    from fastapi import HTTPException
+    from pydicom.dataset import Dataset
+
+    assert check_uid("1.2.840.10008.5.1.4.1.1.2", "image id") == "1.2.840.10008.5.1.4.1.1.2"
+    for bad in ("chest_01", "1.2/../3", "1..2", ".1.2", "1.2.", "1" * 65, "1.2 3"):
+        with pytest.raises(HTTPException) as e:
+            check_uid(bad, "image id")
+        assert e.value.status_code == 400 and "image id" in e.value.detail
+
+    def header(**tags):
+        ds = Dataset()
+        for keyword, value in tags.items():
+            setattr(ds, keyword, value)
+        return ds
+
+    def code(meaning):
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "X", "SCT", meaning
+        return item
+
+    cases = [
+        (header(ViewPosition="PA", PatientOrientation=["P", "F"]), "frontal", "View Position PA"),
+        (header(ViewPosition="ll"), "lateral", "View Position LL"),
+        (header(PatientOrientation=["R", "F"]), "frontal", "Patient Orientation R\\F"),
+        (header(PatientOrientation=["A", "FR"]), "lateral", "Patient Orientation A\\FR"),
+        (header(ViewCodeSequence=[code("postero-anterior")]), "frontal", "View Code"),
+        (header(ViewCodeSequence=[code("left lateral")]), "lateral", "View Code"),
+        (header(ViewCodeSequence=[code("left lateral decubitus")]), "", "no View Position"),
+        (header(ViewPosition="RLO"), "", "View Position 'RLO'"),
+    ]
+    for ds, view, reason in cases:
+        got = view_of(ds)
+        assert got[0] == view and got[1].startswith(reason), (ds, got)
 
 
 def test_browser_origins_come_from_the_conf_and_monailabels_setting_and_must_be_bare_origins():

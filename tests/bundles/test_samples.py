@@ -207,3 +207,84 @@ def test_samples_are_small_and_match_the_bundles_inputs():
     image = np.asarray(Image.open(BUNDLES / MASK / "sample" / "slice_100000.png"))
     probabilities = np.load(BUNDLES / MASK / "sample" / "slice_100000_probabilities.npy")
     assert image.shape == probabilities.shape and 0 <= probabilities.min() and probabilities.max() <= 1
+
+
+def _clinical_dicom(path, pixels_rows_cols, spacing, study_uid, patient_id="P-0042"):
+    """A DX image as a clinic sends it: patient and study attributes beside the pixels."""
+    from conftest import write_dx
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    write_dx(path, pixels_rows_cols, spacing=spacing)
+    ds = dcmread(str(path))
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Doe^Jane", patient_id, "19700101", "F"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240305", "101500", "ACC123", "S7"
+    ds.ReferringPhysicianName = "Curie^Marie"
+    ds.save_as(str(path))
+    return path
+
+
+def test_cascade_writes_dicom_series_into_the_study_of_dicom_radiographs(tmp_path):
+    """The sample's two X-rays sent as DICOM: ct_dicom/ reads back as ct.nii.gz, in the radiographs' study."""
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    from custom.core.ct import read_dicom_ct
+
+    root = _copy_bundles(tmp_path, CASCADE)
+    study_uid = generate_uid()
+    paths = {}
+    for view in ("frontal", "lateral"):
+        img = nib.load(str(root / "sample" / f"{view}.nii.gz"))  # line integrals, (u, v) = (column, row)
+        spacing = [float(z) for z in img.header.get_zooms()[:2]]
+        pixels = np.rint(img.get_fdata().T * 1000)
+        paths[view] = _clinical_dicom(tmp_path / f"{view}.dcm", pixels, spacing, study_uid)
+    args = ["--frontal_path", paths["frontal"], "--lateral_path", paths["lateral"], "--output_dir", tmp_path / "out"]
+    _run(root, *args, *FAST[CASCADE], cwd=_elsewhere(tmp_path))
+    (case,) = (tmp_path / "out").iterdir()
+    record = json.loads((case / "ct.json").read_text())["dicom"]
+    assert record["study_instance_uid"] == study_uid and record["patient_and_study"].startswith("copied")
+    for name, folder in (("ct.nii.gz", "ct_dicom"), ("uncertainty.nii.gz", "uncertainty_dicom")):
+        key = folder.split("_")[0]
+        assert record[key]["folder"] == folder and len(list((case / folder).iterdir())) == 64
+        nii = nib.load(str(case / name))
+        vol, affine = read_dicom_ct(case / folder)
+        assert np.allclose(affine, nii.affine, atol=1e-4), name
+        assert record[key]["max_error_hu"] <= 2**-8
+        assert np.abs(vol - nii.get_fdata()).max() <= record[key]["max_error_hu"] + 1e-4, name
+    ct, unc = (dcmread(str(case / f / "0001.dcm")) for f in ("ct_dicom", "uncertainty_dicom"))
+    version = json.loads((root / "configs" / "metadata.json").read_text())["version"]
+    assert f"{CASCADE} {version}" in ct.SeriesDescription and "NOT DIAGNOSTIC" in ct.SeriesDescription
+    assert "SD in HU" in unc.SeriesDescription and unc.RescaleType == "US" and ct.RescaleType == "HU"
+    assert ct.SeriesInstanceUID == record["ct"]["series_instance_uid"] != unc.SeriesInstanceUID
+    assert ct.FrameOfReferenceUID == unc.FrameOfReferenceUID == record["frame_of_reference_uid"]
+    source = dcmread(str(paths["frontal"]))
+    assert (ct.PatientID, ct.AccessionNumber, ct.StudyInstanceUID) == ("P-0042", "ACC123", study_uid)
+    refs = {item.ReferencedSOPInstanceUID for item in ct.SourceImageSequence}
+    assert source.SOPInstanceUID in refs and len(refs) == 2
+
+
+def test_mask_refiner_writes_a_dicom_segmentation_of_a_dicom_image(tmp_path):
+    hd = pytest.importorskip("highdicom")
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    root = _copy_bundles(tmp_path, MASK)
+    pixels = np.asarray(Image.open(root / "sample" / "slice_100000.png"))
+    image = _clinical_dicom(tmp_path / "slice_100000.dcm", pixels, [0.5, 0.5], generate_uid())
+    probabilities = root / "sample" / "slice_100000_probabilities.npy"
+    args = ["--image_path", image, "--probabilities_path", probabilities, "--output_dir", tmp_path / "out"]
+    _run(root, *args, cwd=_elsewhere(tmp_path))
+    mask = np.asarray(Image.open(tmp_path / "out" / "slice_100000_mask.png")) > 0
+    seg, source = hd.seg.segread(str(tmp_path / "out" / "slice_100000_seg.dcm")), dcmread(str(image))
+    assert seg.Modality == "SEG" and "NOT FOR DIAGNOSTIC USE" in seg.SeriesDescription
+    assert (seg.StudyInstanceUID, seg.PatientID) == (source.StudyInstanceUID, source.PatientID)
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == (
+        source.SOPInstanceUID
+    )
+    pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1])
+    assert mask.any() and np.array_equal(pixels.reshape(mask.shape).astype(bool), mask)
+    # a PNG image has no header to file a segmentation under: PNGs only
+    _run(root, "--output_dir", tmp_path / "png", cwd=_elsewhere(tmp_path / "out"))
+    assert not list((tmp_path / "png").glob("*.dcm"))

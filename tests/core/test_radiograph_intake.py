@@ -126,3 +126,27 @@ def test_the_same_radiograph_twice_is_refused(tmp_path):
     for lateral in (f, copy):
         with pytest.raises(InputError, match="same image"):
             t({"frontal": str(f), "lateral": str(lateral)})
+
+
+def _drr_variant(tmp_path, name, scale=1.0, identity=False):
+    import nibabel as nib
+
+    from conftest import ROOT
+
+    img = nib.load(str(ROOT / "bundles" / "xray2ct_cascade_diffusion" / "sample" / "frontal.nii.gz"))
+    data = np.asarray(img.dataobj, dtype=np.float32) * scale
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data, np.eye(4) if identity else img.affine), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "scale,identity,words",
+    [(500.0, False, "not DRR line integrals"), (-1.0, False, "not DRR line integrals"), (1.0, True, "64 mm wide")],
+)
+def test_nifti_xrays_in_other_units_or_with_a_wrong_spacing_are_refused(tmp_path, scale, identity, words):
+    path = _drr_variant(tmp_path, "x.nii.gz", scale, identity)
+    t = LoadXRayd(["frontal"], "x2ctgan", 64, check_views=False)
+    with pytest.raises(InputError, match=words):
+        t({"frontal": str(path)})
+    t({"frontal": str(_drr_variant(tmp_path, "ok.nii.gz"))})  # the DRR as written is accepted

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, tensorboard_files_without_data
 
 from custom.core.errors import InputError
 from custom.xray2ct.network import CascadeDenoiser
@@ -285,3 +285,4 @@ def test_multi_gpu_config_runs_two_gloo_processes_with_rank_zero_logging(tmp_pat
     assert len(list((data / "ddp").rglob("model.pt"))) == 1
     log = proc.stdout + proc.stderr
     assert len(re.findall(r"Epoch: 1/1, Iter: 1/\d+ -- ", log)) == 1, "both ranks logged"
+    assert not tensorboard_files_without_data(data / "ddp"), "rank 1 built a TensorBoard writer"

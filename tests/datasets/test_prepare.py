@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import write_dicom_series, write_nifti
+from conftest import run_cli, write_dicom_series, write_nifti
 
 from custom.core.errors import InputError
 from custom.datasets.phantom import write_phantoms
@@ -198,6 +198,54 @@ def test_resume_after_a_crash(source, tmp_path):
     assert ".phantom_00003.x.tmp" not in json.dumps(datalist)
 
 
+def test_a_killed_prepare_leaves_nothing_the_next_run_keeps(tmp_path):
+    """SIGKILL (what the out-of-memory killer sends) in the middle of a case leaves its hidden temporary folder; the
+    next run removes it and builds the case."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_phantoms(src, count=1, size=64, seed=3, progress=False)
+    cmd = [sys.executable, "-m", "custom", "prepare", src, out, "--size", 192, "--geometry", "parallel"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "cases").glob(".phantom_00003.*")) and time.monotonic() < deadline:
+            assert proc.poll() is None, "prepare finished before it could be killed"
+            time.sleep(0.005)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert list((out / "cases").glob(".phantom_00003.*")), "the kill left no temporary folder to clean up"
+
+    r = run_cli("prepare", src, out, "--size", 16, "--geometry", "parallel")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["phantom_00003"]
+    assert not [p for p in out.rglob(".*")]
+
+
+def test_prepared_cases_get_the_permissions_of_the_umask(source, tmp_path):
+    """Cases are built in a temporary folder (mode 0700) and renamed: they must end up as any new folder would."""
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        r = run_cli("prepare", source, tmp_path / "out", "--size", 16, "--geometry", "parallel")
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stderr[-2000:]
+    case = tmp_path / "out" / "cases" / "phantom_00000"
+    assert stat.S_IMODE(case.stat().st_mode) == 0o750
+    for f in case.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o640, f
+
+
 def test_shards_write_the_datalist_once_all_cases_exist(source, tmp_path):
     out = tmp_path / "out"
     first = prepare_dataset(source, out, shard="0/2", **TINY)
@@ -271,3 +319,34 @@ def test_prepare_dataset_bad_settings(source, tmp_path, kwargs, message):
 def test_split_setting_puts_every_case_in_one_split(source, tmp_path):
     summary = prepare_dataset(source, tmp_path / "out", split="validation", **TINY)
     assert summary["split_counts"] == {"training": 0, "validation": 4, "test": 0}
+
+
+def test_a_ct_covering_little_of_the_detector_is_prepared_with_a_warning(tmp_path):
+    """20 slices of 2 mm (40 mm of body) where the detector sees about 285 mm: most of each DRR is empty."""
+    src = tmp_path / "src"
+    src.mkdir()
+    vol = np.full((64, 64, 20), -1000, np.int16)
+    vol[16:48, 16:48, :] = 40
+    write_nifti(src / "short.nii.gz", vol, spacing=(5.0, 5.0, 2.0), dtype=np.int16)
+    proc = run_cli("prepare", src, tmp_path / "out", "--size", 32, "--split", "test")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: short" in proc.stderr and "of each DRR shows no body" in proc.stderr
+    record = json.loads((tmp_path / "out" / "cases" / "short" / "case.json").read_text())
+    assert len(record["warnings"]) == 1 and "40 mm" in record["warnings"][0]
+    drr = run_cli("drr", src / "short.nii.gz", tmp_path / "drr", "--size", 32)
+    assert drr.returncode == 0 and "warning:" in drr.stderr and "covers 40 mm" in drr.stderr
+
+
+def test_an_oblique_ct_is_prepared_on_its_resampled_upright_grid(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    vol = np.full((48, 48, 48), -1000, np.int16)
+    vol[12:36, 12:36, 8:40] = 40
+    th = np.deg2rad(20)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[1, 0, 0], [0, np.cos(th), -np.sin(th)], [0, np.sin(th), np.cos(th)]]) * 6.0
+    write_nifti(src / "tilted.nii.gz", vol, affine=affine, dtype=np.int16)
+    summary = prepare_dataset(src, tmp_path / "out", size=32, split="test", progress=False)
+    assert not summary["failed"]
+    record = json.loads((tmp_path / "out" / "cases" / "tilted" / "case.json").read_text())
+    assert record["resampled_from_oblique"] is True

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, tensorboard_files_without_data
 
 BUNDLE = ROOT / "bundles" / "mask_refiner_2d"
 TINY = {"channels": [4, 4, 4, 4], "max_epochs": 2, "val_interval": 1, "batches_per_epoch": 4}
@@ -59,6 +59,10 @@ def test_two_process_training_syncs_weights_and_matches_one_process(tmp_path):
     assert (tmp_path / "two" / "model.pt").is_file()
     assert len(list((tmp_path / "two").glob("model*.pt"))) == 1
     assert len(re.findall(r"Epoch: 1/2, Iter: 1/\d+ -- train_loss", ddp)) == 1, "both ranks logged"
+    events = list((tmp_path / "two").glob("events.out.tfevents*"))
+    assert len(events) == 1 and not tensorboard_files_without_data(
+        tmp_path / "two"
+    ), "rank 1 built a TensorBoard writer"
     # each rank ran half of the epoch's batches
     assert re.search(r"Iter: 2/2 -- train_loss", ddp) and not re.search(r"Iter: \d/4 -- train_loss", ddp)
 

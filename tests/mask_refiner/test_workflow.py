@@ -71,6 +71,47 @@ def test_refiner_workflow_end_to_end(tmp_path):
     assert np.asarray(Image.open(tmp_path / "pred" / "patient_000_overlay.png")).shape == probs.shape[1:] + (3,)
 
 
+def test_a_run_shorter_than_the_validation_interval_still_validates_and_saves_its_model(tmp_path):
+    """train.json validates every 5 epochs; a 1-epoch run must still validate its final weights and write model.pt
+    (the workflow then evaluates it)."""
+    r = run_cli("refiner-generate", tmp_path / "src", "--patients", 5, "--controls", 1, "--width", 32)
+    assert r.returncode == 0, r.stderr
+    tiny = json.dumps({"channels": [4, 4, 4, 4], "batches_per_epoch": 1})
+    r = run_cli(
+        "refiner-workflow",
+        "--postprocess_dir",
+        tmp_path / "src",
+        "--output_dir",
+        tmp_path / "out",
+        "--batch_size",
+        2,
+        "--max_epochs",
+        1,
+        "--overrides",
+        tiny,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "out" / "runs" / "model.pt").is_file()
+    assert (tmp_path / "out" / "eval" / "summary.json").is_file()
+
+
+def test_a_pickled_probability_map_is_called_what_it_is(tmp_path):
+    """np.save of an object array pickles it; numpy's refusal suggests allow_pickle=True, which would run the file."""
+    import numpy as np
+
+    assert (
+        run_cli("refiner-generate", tmp_path / "src", "--patients", 5, "--controls", 1, "--width", 32).returncode == 0
+    )
+    victim = sorted((tmp_path / "src").glob("*_probabilities.npy"))[0]
+    np.save(victim, np.array([np.zeros((4, 4)), "not numbers"], dtype=object))
+    r = run_cli("refiner-setup", tmp_path / "src", tmp_path / "data")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {victim}: not a numeric array"), r.stderr
+    assert "allow_pickle" not in r.stderr
+
+
 def test_shipped_weights_load_and_improve_fresh_generated_images(tmp_path):
     """The released model.pt fits the bundle's network and refines images from a seed it never saw."""
     import numpy as np

@@ -54,3 +54,34 @@ def test_two_frontal_radiographs_end_the_bundle_run_with_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "View Position PA" in last and "lateral" in last
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("ct.nii.gz"))
+
+
+def test_two_patients_into_one_folder_keep_their_own_results_and_nothing_is_replaced_silently(tmp_path):
+    """Cases laid out as ``prepare`` does (``<case>/frontal.nii.gz``) get their folder's name; a second run onto an
+    existing case is refused unless ``overwrite`` is set."""
+    import shutil
+
+    out = tmp_path / "out"
+    for patient in ("patient_a", "patient_b"):
+        (tmp_path / patient).mkdir()
+        for view in ("frontal", "lateral"):
+            shutil.copy(SAMPLE / f"{view}.nii.gz", tmp_path / patient / f"{view}.nii.gz")
+    args = ("--output_dir", out, "--num_inference_steps", 1, "--num_samples", 1)
+
+    def run(patient, *extra):
+        files = (
+            "--frontal_path",
+            tmp_path / patient / "frontal.nii.gz",
+            "--lateral_path",
+            tmp_path / patient / "lateral.nii.gz",
+        )
+        return run_bundle("xray2ct_cascade_diffusion", *files, *args, *extra)
+
+    assert run("patient_a").returncode == 0 and run("patient_b").returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["patient_a", "patient_b"]
+    before = (out / "patient_a" / "ct.nii.gz").stat().st_mtime_ns
+    again = run("patient_a")
+    assert again.returncode == 2 and "already holds the results" in again.stderr.strip().splitlines()[-1]
+    assert (out / "patient_a" / "ct.nii.gz").stat().st_mtime_ns == before
+    assert run("patient_a", "--overwrite", "true").returncode == 0
+    assert (out / "patient_a" / "ct.nii.gz").stat().st_mtime_ns != before

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli, tiny_cascade_trainer
+from conftest import ROOT, run_cli, tensorboard_files_without_data, tiny_cascade_trainer
 
 from custom.xray2ct.inferer import DDIMInferer
 from custom.xray2ct.losses import DRRConsistencyLoss
@@ -257,6 +257,7 @@ def test_multi_gpu_config_runs_two_processes_on_cpu(trained):
     # logging and checkpoints on rank 0 only: one line per iteration, not two
     log = proc.stdout + proc.stderr
     assert len(re.findall(r"Epoch: 1/1, Iter: 1/\d+ -- train_loss", log)) == 1, "both ranks logged"
+    assert not tensorboard_files_without_data(tmp / "ddp"), "rank 1 built a TensorBoard writer"
 
 
 def test_stages_2_and_3_train_from_their_json_on_the_previous_stage(trained):

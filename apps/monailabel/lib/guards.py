@@ -14,7 +14,11 @@ functions once at start-up: JSON arguments must be objects, ids are checked befo
 may not set the keys the server fills in (``image``, ``label``...), and the app learns from :data:`REQUEST_FILES`
 whether the request carried files, so it never takes a client's string for a server path. Training is checked in
 the server process before monailabel submits the background job, so a request with nothing to train on is refused
-at once.
+at once. monailabel's DICOMweb proxy (``/proxy/dicom/...``, used by its OHIF viewer) forwards only paths under the
+DICOMweb root (:func:`_proxy_check`). On a DICOMweb datastore ids must also be DICOM UIDs (:func:`check_uid`).
+
+Responsiveness. monailabel runs an inference inside its async endpoint, stalling every other request until it
+ends; :func:`serve_inference_in_threads` serves that route from worker threads instead.
 
 Browser origins. monailabel allows every origin, with credentials, unless ``MONAI_LABEL_CORS_ORIGINS`` is set; a web
 page on any site could then drive a server on the user's machine. :func:`configure_cors` allows only the origins the
@@ -34,6 +38,7 @@ import os
 import pathlib
 import re
 import sys
+import urllib.parse
 from dataclasses import dataclass
 
 from fastapi import HTTPException
@@ -81,6 +86,27 @@ def check_id(value, what: str, hint: str = ID_HINT) -> str:
     if isinstance(value, str) and value:
         shown = " " + repr(value if len(value) <= 80 else value[:80] + "...")
     raise HTTPException(400, f"{what}{shown} {problem}: {hint}")
+
+
+DICOM_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+MAX_UID_CHARS = 64
+
+
+def check_uid(value, what: str) -> str:
+    """``value`` if it is a safe id (:func:`check_id`) and a DICOM UID; otherwise HTTP 400.
+
+    On a DICOMweb datastore, ids are Series or Study Instance UIDs and become path segments of the server's URLs
+    (``/studies/{uid}/series/{uid}``) as well as cache folder names: nothing but digits and dots may get there.
+    """
+    check_id(value, what)
+    if len(value) > MAX_UID_CHARS or not DICOM_UID.match(value):
+        shown = value if len(value) <= 80 else value[:80] + "..."
+        raise HTTPException(
+            400,
+            f"{what} {shown!r} is not a DICOM UID (digits and dots, at most {MAX_UID_CHARS} characters): on a "
+            "DICOMweb datastore, images are named by their Series Instance UID (or, for xray2ct, a Study Instance UID)",
+        )
+    return value
 
 
 def json_object(text, what: str) -> dict:
@@ -290,6 +316,24 @@ def _train_check(all_models: bool):
     return check
 
 
+def _proxy_check(args):
+    """``/proxy/dicom/...`` (OHIF's way to the DICOMweb server) stays under the DICOMweb root.
+
+    monailabel joins the client's path to the server URL, and HTTP clients resolve ``..`` in it: ``..%2fsystem``
+    would reach the server's whole API beyond DICOMweb (Orthanc's REST API, where a POST can change stored data
+    or shut Orthanc down) for anyone who may use the viewer. Percent-encoding is undone repeatedly, so a doubly
+    encoded ``..`` is refused too.
+    """
+    path = str(args.get("path") or "")
+    for _ in range(4):
+        decoded = urllib.parse.unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    if any(part in (".", "..") for part in path.replace("\\", "/").split("/")) or "\x00" in path:
+        raise HTTPException(400, "the DICOMweb proxy serves paths under the DICOMweb root only: no '.' or '..' parts")
+
+
 def install_http_guards() -> bool:
     """Check requests in monailabel's endpoint functions before they write uploads or parse ``params`` unchecked.
 
@@ -298,9 +342,10 @@ def install_http_guards() -> bool:
     """
     if "monailabel.app" not in sys.modules:
         return False
-    from monailabel.endpoints import datastore, infer, train
+    from monailabel.endpoints import datastore, infer, proxy, train
 
     _guard(infer, "run_inference", _infer_check)
+    _guard(proxy, "proxy_dicom", _proxy_check)
     _guard(datastore, "add_image", _ids_and_json({"image": "image id"}, ("params",), _image_file_kept))
     _guard(
         datastore,
@@ -383,3 +428,67 @@ def configure_cors(fastapi_app, origins: list[str]) -> None:
     fastapi_app.user_middleware = [Middleware(OriginCheck, origins=origins), cors] + others
     fastapi_app.middleware_stack = None
     logger.info(f"browser origins allowed: {', '.join(origins) if origins else 'none (same-origin only)'}")
+
+
+def serve_inference_in_threads(fastapi_app) -> bool:
+    """Serve ``POST /infer/{model}`` from a worker thread, so a long inference does not stall the server.
+
+    monailabel's infer endpoint is an ``async`` function that runs the whole inference in place: the event loop,
+    which answers every request, waits for it, and ``GET /info/`` or a datastore call waits with it. The route is
+    replaced by a plain function with the same signature (so the same parameters, upload handling, authentication
+    dependency and API documentation), which FastAPI runs in its thread pool. It calls monailabel's endpoint
+    function :func:`monailabel.endpoints.infer.run_inference` (with the guards above) by name, as the original does.
+
+    Concurrent requests for one model wait for each other inside the task (one lock per task); requests for
+    different models run side by side. Returns whether a route was replaced; installing twice is harmless.
+    """
+    from fastapi.routing import APIRoute
+    from monailabel.endpoints import infer
+
+    original = infer.api_run_inference
+    signature = inspect.signature(original)
+
+    def api_run_inference(**kwargs):
+        kwargs.pop("user", None)  # checked by the route's dependency before this runs
+        return infer.run_inference(**kwargs)
+
+    api_run_inference.__signature__ = signature
+    api_run_inference.__doc__ = original.__doc__
+    api_run_inference._in_threads = True
+
+    def replace(routes: list, add) -> bool:
+        for k, route in enumerate(routes):
+            if isinstance(route, APIRoute) and getattr(route.endpoint, "_in_threads", False):
+                return True
+            if isinstance(route, APIRoute) and route.endpoint is original:
+                del routes[k]
+                add(route)
+                return True
+        return False
+
+    def add_to_app(route):  # FastAPI versions that copy included routes into the app's own list
+        fastapi_app.router.add_api_route(
+            route.path,
+            api_run_inference,
+            methods=list(route.methods),
+            summary=route.summary,
+            name=route.name,
+            tags=route.tags,
+            responses=route.responses,
+        )
+
+    def add_to_router(route):  # FastAPI versions that keep included routers and read their routes at request time
+        infer.router.add_api_route(
+            route.path[len(infer.router.prefix) :],
+            api_run_inference,
+            methods=list(route.methods),
+            summary=route.summary,
+            name=route.name,
+        )
+
+    done = replace(fastapi_app.router.routes, add_to_app) or replace(infer.router.routes, add_to_router)
+    if done:
+        logger.info("inference requests run in worker threads; the server keeps answering meanwhile")
+    else:
+        logger.warning("could not find monailabel's infer route: inference requests block the server while they run")
+    return done

@@ -151,7 +151,6 @@ class LocalBundleTask(InferTask):
             if request.get(key) not in (None, ""):
                 check_id(request[key], key)
         start = time.time()
-        names = self._display_names(request)
         try:
             with self._lock:
                 result_file, params = self.run(request)
@@ -162,6 +161,8 @@ class LocalBundleTask(InferTask):
             if cause is None:
                 raise
             message = str(cause)
+            # after the run: it names the inputs it found itself (the lateral view, a study's radiographs)
+            names = self._display_names(request)
             for path, name in names.items():  # say which input is wrong without showing server paths
                 message = message.replace(path, name)
             raise HTTPException(422, message) from None
@@ -192,7 +193,15 @@ class LocalBundleTask(InferTask):
         request.setdefault("_display_names", {})[path] = f"image {image_id!r}"
         return path
 
-    def register(self, image_id: str, path: str, info: dict) -> str:
+    def register(self, image_id: str, path: str, info: dict, sources=(), description="", rescale_type="HU") -> str:
+        """Add a generated volume to the datastore; its id there.
+
+        A DICOMweb datastore stores it on the server as a DICOM CT series in the study of ``sources`` (the DICOM
+        files it was made from), and its id is the new Series Instance UID: ``image_id`` names local images only.
+        """
+        add_volume = getattr(self.datastore, "add_volume", None)
+        if add_volume is not None:
+            return add_volume(path, info, sources, description, rescale_type)
         return self.datastore.add_image(image_id, path, info)
 
     def run(self, request) -> tuple[str, dict]:
@@ -314,12 +323,24 @@ class XRayToCTInfer(LocalBundleTask):
     description = "Reconstructs a CT (HU) from a frontal and a lateral X-ray (bundle xray2ct_cascade_diffusion)"
     defaults = {"lateral": "", "num_inference_steps": 0, "num_samples": 0, "seed": 0}
 
+    # on a DICOMweb datastore the task finds its input files itself: the request may name a study (lib/dicomweb.py)
+    picks_own_images = True
+
     def run(self, request):
-        frontal = request["image"]
         frontal_id = request.get("image_id") or "uploaded"
         ct_id = check_id(request.get("ct_id") or f"{frontal_id}_ct", "ct_id")
         check_id(f"{ct_id}_uncertainty", "the uncertainty map's id (ct_id + '_uncertainty')")
-        lateral = self.resolve_id(request, "lateral", "lateral X-ray")
+        pick_views = getattr(self.datastore, "pick_views", None)
+        views = None
+        if pick_views is not None:  # radiographs on a DICOMweb server, downloaded as DICOM with every tag
+            views = pick_views(request.get("image_id"), request.get("lateral"), request.get("image") or None)
+            frontal, lateral = views.frontal.path, views.lateral.path
+            for key, picked in (("frontal", views.frontal), ("lateral", views.lateral)):
+                if picked.series_uid:
+                    request.setdefault("_display_names", {})[picked.path] = f"the {key} X-ray {picked.describe()}"
+        else:
+            frontal = request["image"]
+            lateral = self.resolve_id(request, "lateral", "lateral X-ray")
         for key, path in (("frontal", frontal), ("lateral", lateral)):
             load_xray(path)  # a clear error for a corrupt or 3D file before the bundle's transforms wrap it
         cfg = self.bundle_config
@@ -354,15 +375,21 @@ class XRayToCTInfer(LocalBundleTask):
             info = {
                 "generated_by": self.name,
                 "frontal": frontal_id,
-                "lateral": request["lateral"],
+                "lateral": request.get("lateral") or "",
                 "units": "HU",
                 "window": window,
                 "num_inference_steps": overrides["num_inference_steps"],
                 "num_samples": overrides["num_samples"],
                 "seed": overrides["seed"],
             }
-            ct_id = self.register(ct_id, ct_path, dict(info))
-            unc_id = self.register(f"{ct_id}_uncertainty", unc_path, dict(info, units="HU (standard deviation)"))
+            if views is not None:
+                info.update(views.info())
+            sources = (frontal, lateral)  # their patient and study, for a DICOMweb datastore
+            ct_id = self.register(ct_id, ct_path, dict(info), sources, "xray2ct CT (HU), research only")
+            unc_info = dict(info, units="HU (standard deviation)")
+            unc_id = self.register(
+                f"{ct_id}_uncertainty", unc_path, unc_info, sources, "xray2ct uncertainty (HU std), research only", "US"
+            )
             out = _temp_file(".nii.gz")
             os.replace(ct_path, out)
         params = {
@@ -377,6 +404,9 @@ class XRayToCTInfer(LocalBundleTask):
             "num_samples": overrides["num_samples"],
             "seed": overrides["seed"],
         }
+        if views is not None:
+            params.update(views.info())
+            params["study_instance_uid"] = self.datastore.dicom_study(sources).attributes.get("StudyInstanceUID", "")
         return out, params
 
 
@@ -425,7 +455,9 @@ class CTDetailInfer(LocalBundleTask):
             path = os.path.join(tmp, "refined.nii.gz")
             save_nifti(hu, affine, path, description=f"refined CT, HU clipped to [{lo:g},{hi:g}]")
             info = {"generated_by": self.name, "source": request.get("image_id") or "uploaded", "units": "HU"}
-            refined_id = self.register(refined_id, path, info)
+            series_files = getattr(self.datastore, "series_files", None)  # DICOMweb: the source CT's own files
+            sources = series_files(request["image_id"]) if series_files and request.get("image_id") else ()
+            refined_id = self.register(refined_id, path, info, sources, "refined CT (HU), research only")
             out = _temp_file(".nii.gz")
             os.replace(path, out)
         return out, {"refined_image_id": refined_id, "units": "HU", "window": window, "shape": list(hu.shape)}
