@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import GaussianSmooth, MapTransform, Randomizable, Resize
 
 from custom.core.cases import file_case_name
@@ -197,7 +198,8 @@ class CascadeCoarsed(MapTransform):
             # shrinking averages ("area"), as LoadCoarseCTd does with the same cascade output read from a file
             mode = "area" if self.output_size < out.shape[-1] else "trilinear"
             out = torch.as_tensor(Resize((self.output_size,) * 3, mode=mode)(out))
-        d[self.output_key] = out.float()
+        # a MetaTensor like the loaded ground truth it is concatenated with (MONAI concatenates one type only)
+        d[self.output_key] = MetaTensor(out.float())
         return d
 
 

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from ignite.engine import Events
 
 from custom.core.cases import batch_item, case_name, claim_output
-from custom.core.options import as_bool
 from custom.core.io import atomic_path, save_nifti, save_png, save_report
 from custom.core.metrics import REFINEMENT_CONVENTION, REFINEMENT_METRICS, refinement_metrics
+from custom.core.options import as_bool
 from custom.core.transforms import cube_affine, finer_affine, window_to_hu
 from custom.core.visualize import ct_slices_display, hstack, vstack
 

@@ -12,7 +12,6 @@ from custom.core.physics import DRR, MU_WATER_70KEV
 from custom.core.visualize import ct_slices_display, hstack, vstack, xray_display
 from custom.core.xray import save_xray
 
-
 # Below this share of the detector's height covered by the CT, most of each DRR is empty: the X-rays do not look like
 # radiographs of a chest, and a model trained on whole chests will not reconstruct them well.
 MIN_COVERAGE = 0.5

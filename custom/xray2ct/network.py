@@ -150,6 +150,10 @@ class CascadeDenoiser(nn.Module):
         h = self.from_tokens(self.vit_norm(tokens)).transpose(1, 2).reshape(h.shape[0], -1, g, g, g)
         if h.shape[-1] != h2.shape[-1]:
             h = F.interpolate(h, size=h2.shape[-3:], mode="trilinear", align_corners=False)
+        return self._decode(h, h0, h1, h2, emb)
+
+    def _decode(self, h, h0, h1, h2, emb) -> torch.Tensor:
+        """The ViT's output ``h`` (at D/4) back to v at D through the skip connections of the encoder."""
         h = self._run(self.mid, h + h2, emb)
         h = F.interpolate(h, size=h1.shape[-3:], mode="trilinear", align_corners=False)
         h = self._run(self.dec1, torch.cat([h, h1], dim=1), emb)

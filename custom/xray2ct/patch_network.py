@@ -112,9 +112,4 @@ class PatchDenoiser(CascadeDenoiser):
         for blk in self.vit:
             tokens = self._run(blk, tokens)
         h = self.from_tokens(self.vit_norm(tokens)).transpose(1, 2).reshape(h2.shape)
-        h = self._run(self.mid, h + h2, emb)
-        h = F.interpolate(h, size=h1.shape[-3:], mode="trilinear", align_corners=False)
-        h = self._run(self.dec1, torch.cat([h, h1], dim=1), emb)
-        h = F.interpolate(h, size=h0.shape[-3:], mode="trilinear", align_corners=False)
-        h = self._run(self.dec0, torch.cat([h, h0], dim=1), emb)
-        return self.out(h).contiguous()
+        return self._decode(h, h0, h1, h2, emb)

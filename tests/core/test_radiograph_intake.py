@@ -130,7 +130,6 @@ def test_the_same_radiograph_twice_is_refused(tmp_path):
 
 def _drr_variant(tmp_path, name, scale=1.0, identity=False):
     import nibabel as nib
-
     from conftest import ROOT
 
     img = nib.load(str(ROOT / "bundles" / "xray2ct_cascade_diffusion" / "sample" / "frontal.nii.gz"))

@@ -27,6 +27,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from custom.core.bundle import make_parser, read_bundle_config
+from custom.core.bundle.errors import input_error_in
 from custom.core.ct import load_ct
 from custom.core.errors import InputError
 from custom.core.io import load_array, save_nifti, save_png
@@ -41,17 +42,6 @@ logger = logging.getLogger(__name__)
 
 NIFTI = (".nii", ".nii.gz")
 PLAIN_IMAGES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-def _input_error(exc: BaseException) -> InputError | None:
-    """The InputError behind ``exc``: MONAI's Compose wraps a transform's exception in a RuntimeError."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, InputError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def _suffix(path: str) -> str:
@@ -157,7 +147,7 @@ class LocalBundleTask(InferTask):
         except HTTPException:
             raise
         except Exception as e:
-            cause = _input_error(e)
+            cause = input_error_in(e)
             if cause is None:
                 raise
             message = str(cause)
