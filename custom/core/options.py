@@ -10,6 +10,7 @@ wrote the setting (``--steps`` on the command line, ``num_inference_steps`` for 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import tempfile
 from pathlib import Path
@@ -36,9 +37,9 @@ def as_int(value, name: str, minimum: int | None = None, maximum: int | None = N
     number = None
     if isinstance(value, bool):
         pass
-    elif isinstance(value, int):
-        number = value
-    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+    elif isinstance(value, numbers.Integral):
+        number = int(value)
+    elif isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
         number = int(value)
     elif isinstance(value, str):
         try:

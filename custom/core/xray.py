@@ -426,7 +426,7 @@ class LoadXRayd(MapTransform):
                 "range_matched": not drr,
                 "view_position": img.meta.get("view_position") or "",
                 "spacing": _spacing_note(img),
-                "warnings": "; ".join(img.meta.get("warnings") or []),
+                "warnings": "\n".join(img.meta.get("warnings") or []),
             }
         shapes = {tuple(out[k].shape) for k in present}
         if len(shapes) > 1:
@@ -482,3 +482,21 @@ def _spacing_note(img: MetaTensor) -> str:
     tag = img.meta.get("spacing_tag") or "no tag"
     source = img.meta.get("spacing_source") or "file header"
     return f"{u:.4g} x {v:.4g} mm at the {img.meta.get('spacing_plane', 'detector')} plane ({tag}: {source})"
+
+
+def intake_record(item: dict, files: bool = True) -> dict:
+    """What :class:`LoadXRayd` found and assumed about each radiograph of a loaded item (view tag, pixel spacing and
+    its source, warnings such as a missing spacing), for the record a reconstruction keeps; ``files=False`` leaves
+    out the file paths (a server must not tell its clients where it keeps files)."""
+    keys = (
+        ("filename_or_obj", "view_position", "spacing", "warnings")
+        if files
+        else ("view_position", "spacing", "warnings")
+    )
+    record = {}
+    for view in VIEW_KEYS:
+        meta = item.get(f"{view}_meta")
+        if isinstance(meta, dict):
+            record[view] = {k: meta[k] for k in keys if k in meta}
+    warnings = [w for r in record.values() for w in str(r.get("warnings", "")).split("\n") if w]
+    return {**record, "warnings": warnings}

@@ -15,6 +15,7 @@ from custom.core.io import save_json, save_nifti, save_png
 from custom.core.options import as_bool
 from custom.core.transforms import cube_affine, window_to_hu
 from custom.core.visualize import ct_slices_display, hstack, vstack, xray_display
+from custom.core.xray import intake_record
 
 
 class ReconstructionWriter:
@@ -119,7 +120,7 @@ class ReconstructionWriter:
                     "voxel_spacing_mm": self.cube_mm / d,
                     "cube_mm": self.cube_mm,
                     "orientation": "RAS",
-                    "inputs": _inputs_record(info),
+                    "inputs": intake_record(info),
                     **({"dicom": dicom} if dicom else {}),
                     **({"stage_outputs": [f"ct_stage{n}.nii.gz" for n in range(1, len(stages) + 1)]} if stages else {}),
                     **self.settings,
@@ -225,17 +226,3 @@ def _series_record(info: dict, folder: str) -> dict:
 
 def _stage_outputs(inferer) -> list:
     return list(getattr(inferer, "outputs", None) or [])
-
-
-def _inputs_record(item: dict) -> dict:
-    """What the X-ray reader found and assumed about each input radiograph (file, view tag, pixel spacing and its
-    source, warnings such as a missing spacing), so a reconstruction can be checked against its inputs."""
-    record = {}
-    for view in ("frontal", "lateral"):
-        meta = item.get(f"{view}_meta")
-        if isinstance(meta, dict):
-            record[view] = {
-                k: meta[k] for k in ("filename_or_obj", "view_position", "spacing", "warnings") if k in meta
-            }
-    warnings = [w for r in record.values() for w in str(r.get("warnings", "")).split("; ") if w]
-    return {**record, "warnings": warnings}

@@ -73,6 +73,18 @@ def studies(orthanc):
                 assert r.status_code == 200, r.text
         study.update({v: str(ds.SeriesInstanceUID) for v, ds in views.items()})
         out[key] = study
+    # C: an AP frontal whose Pixel Spacing is "0\\0" and a lateral with no spacing at all, as some CR exports are
+    study = drr_to_dx.new_study("XR-C", "Test^C")
+    views = {v: drr_to_dx.dx_dataset(SAMPLE / f"{v}.nii.gz", v, study) for v in VIEWS}
+    views["frontal"].ViewPosition = "AP"
+    views["frontal"].PixelSpacing = [0, 0]
+    del views["frontal"].ImagerPixelSpacing
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        delattr(views["lateral"], tag)
+    for ds in views.values():
+        r = requests.post(f"{orthanc.url}/instances", data=drr_to_dx.encode(ds), timeout=30)
+        assert r.status_code == 200, r.text
+    out["C"] = dict(study, **{v: str(ds.SeriesInstanceUID) for v, ds in views.items()})
     return out
 
 
@@ -269,3 +281,18 @@ def test_orthanc_requests_that_cannot_work_get_a_4xx_that_says_why(orthanc, stud
     assert {s["00080060"]["Value"][0] for s in on_server} >= {"DX", "CT"}
     stats = requests.get(f"{url}/datastore/?output=stats", timeout=30)
     assert stats.status_code == 200 and stats.json()["total"] == len(on_server), (stats.text, len(on_server))
+
+
+def test_an_ap_radiograph_without_usable_spacing_is_placed_as_a_cassette_and_says_so(
+    orthanc, studies, label_server, tmp_path
+):
+    """Study C: an AP frontal with Pixel Spacing 0\\0 and a lateral without spacing still reconstruct, the CT is filed
+    into the study, and the answer carries the reader's warnings (and no server paths)."""
+    c = studies["C"]
+    ct_file, params = _xray2ct(label_server, c["uid"], tmp=tmp_path)
+    assert params["frontal_view_tag"] == "View Position AP" and params["study_instance_uid"] == c["uid"]
+    warnings = params["inputs"]["warnings"]
+    assert len(warnings) == 2 and all("cassette" in w for w in warnings)
+    assert "filename_or_obj" not in params["inputs"]["frontal"]
+    assert _series_in_study(orthanc, c["uid"])[params["ct_image_id"]] == "CT"
+    assert nib.load(ct_file).shape == (16, 16, 16)

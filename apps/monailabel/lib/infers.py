@@ -32,7 +32,7 @@ from custom.core.ct import load_ct
 from custom.core.errors import InputError
 from custom.core.io import load_array, save_nifti, save_png
 from custom.core.transforms import cube_affine, finer_affine, hu_to_window, preprocess_ct, window_to_hu
-from custom.core.xray import load_xray
+from custom.core.xray import intake_record, load_xray
 from custom.mask_refiner.data import MASK_THRESHOLD, make_channels
 
 from .bundles import WEIGHTS, CachedNetwork, metadata
@@ -342,11 +342,13 @@ class XRayToCTInfer(LocalBundleTask):
         overrides["seed"] = _int_param(request, "seed", int(cfg.get("seed", 0)), 0, 2**31 - 1)
         parser = make_parser(cfg, self.bundle_dir, overrides)
         preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
-        inferer = parser.get_parsed_content("inferer", instantiate=True)
+        # the bundle's run: stage 1 alone, or the chain its ``stages`` setting asks for
+        inferer = parser.get_parsed_content("cascade", instantiate=True)
         window = [float(w) for w in parser.get_parsed_content("window")]
         cube_mm = float(parser.get_parsed_content("cube_mm"))
 
         data = preprocessing({"frontal": frontal, "lateral": lateral})
+        inputs = intake_record(data, files=False)
         xray = torch.as_tensor(data["xray"]).float()[None].to(self.network.device)
         net = self.network.get()
         with torch.no_grad():
@@ -371,6 +373,7 @@ class XRayToCTInfer(LocalBundleTask):
                 "num_inference_steps": overrides["num_inference_steps"],
                 "num_samples": overrides["num_samples"],
                 "seed": overrides["seed"],
+                "warnings": inputs["warnings"],
             }
             if views is not None:
                 info.update(views.info())
@@ -393,6 +396,7 @@ class XRayToCTInfer(LocalBundleTask):
             "num_inference_steps": overrides["num_inference_steps"],
             "num_samples": overrides["num_samples"],
             "seed": overrides["seed"],
+            "inputs": inputs,
         }
         if views is not None:
             params.update(views.info())
