@@ -2,8 +2,8 @@
 
 Settings reach the code as whatever the command line parser made of them: ``python -m custom`` and
 ``python -m monai.bundle run`` both use Fire, which turns ``2.5`` into a float, ``False`` into a bool but ``false``
-into the string ``'false'`` (truthy), and ``abc`` into a string. Python's ``int()`` and ``bool()`` would silently
-round the first and invert the second, so every setting goes through one of these instead. ``name`` is how the user
+into the string ``'false'`` (truthy), and ``abc`` into a string. Python's ``int()`` would silently round the first
+and ``bool()`` read the second as true, so every setting goes through one of these instead. ``name`` is how the user
 wrote the setting (``--steps`` on the command line, ``num_inference_steps`` for a bundle key) and starts each message.
 """
 

@@ -30,6 +30,10 @@ def _saved_bytes(trainer, net, size: int, xray_size: int) -> int:
     ct = torch.zeros(1, 1, size, size, size, device=device)
     xray = torch.zeros(1, 2, xray_size, xray_size, device=device)
     extra = {"prev": ct.clone()} if getattr(net, "use_prev", False) else {}
+    if hasattr(net, "lift_xrays"):  # a sub-volume denoiser: the probe is a crop, given by its voxel coordinates
+        from custom.xray2ct.patch_network import cube_coordinates
+
+        extra["coords"] = cube_coordinates(size, device=device)[None]
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         trainer.compute_losses(net, xray, ct, extra)
     return sum(storages.values())

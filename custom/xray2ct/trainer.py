@@ -31,8 +31,9 @@ def prepare_cascade_batch(batchdata, device=None, non_blocking=False, **kwargs):
     ct = batchdata.get("ct")  # absent, or an unloaded path, at inference
     ct = ct.to(device=device, non_blocking=non_blocking) if isinstance(ct, torch.Tensor) else None
     extra = {}
-    if isinstance(batchdata.get("prev"), torch.Tensor):
-        extra["prev"] = batchdata["prev"].to(device=device, non_blocking=non_blocking)
+    for key in ("prev", "coords"):  # the previous stage's output; the voxel coordinates of a sub-volume
+        if isinstance(batchdata.get(key), torch.Tensor):
+            extra[key] = batchdata[key].to(device=device, non_blocking=non_blocking)
     return xray, ct, (), extra
 
 

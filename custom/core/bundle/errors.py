@@ -34,6 +34,15 @@ def input_error_in(exc: BaseException | None) -> InputError | None:
     return None
 
 
+def _message(error: InputError) -> str:
+    """The error's own sentence; an error re-raised by a DataLoader worker carries the worker's traceback as its
+    message, with the sentence on its last line after the exception's name."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split("InputError: ", 1)[-1]
+    return text
+
+
 def _is_bundle_command() -> bool:
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     return getattr(spec, "name", "") in ("monai.bundle.__main__", "monai.bundle")
@@ -44,7 +53,7 @@ def stop(error: InputError, original: BaseException | None = None):
     ``python -m monai.bundle``; elsewhere raise ``original`` (or ``error``) for the caller to report."""
     if _is_bundle_command():
         sys.stdout.flush()
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        print(f"error: {_message(error)}", file=sys.stderr, flush=True)
         raise SystemExit(2)
     raise original if original is not None else error
 
