@@ -158,11 +158,11 @@ def _device_for_gpus(gpus) -> str | None:
         raise InputError(f"--gpus must be a whole number >= 0 (0: the CPU, 1: one GPU), got {gpus!r}")
     if gpus == 0:
         return "cpu"
-    if not torch.cuda.is_available():
-        raise InputError(f"--gpus {gpus}: no GPU is available here; use --gpus 0 (or leave it out) to train on the CPU")
     if gpus > 1:
         raise InputError(
             f"--gpus {gpus}: this command trains on one GPU; for several, run the bundle's train.json with "
             "multi_gpu_train.json under torchrun (see bundles/mask_refiner_2d/docs/README.md)"
         )
+    if not torch.cuda.is_available():
+        raise InputError(f"--gpus {gpus}: no GPU is available here; use --gpus 0 (or leave it out) to train on the CPU")
     return "cuda:0"

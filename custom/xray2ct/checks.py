@@ -22,6 +22,8 @@ def check_inference_request(
     check_views=True,
     eta=0.0,
     volume_size=64,
+    xray_size=None,
+    bundle_root="",
 ) -> None:
     """``inference.json``: weights, the two X-rays or a datalist, sampling settings, a writable output folder."""
     if frontal_path or lateral_path:
@@ -42,7 +44,35 @@ def check_inference_request(
         raise InputError(f"volume_size must be divisible by 4 (the network halves it twice), got {volume_size}")
     as_bool(check_views, "check_views")
     as_float(eta, "eta", 0.0)
+    if bundle_root:
+        check_shipped_sizes(bundle_root, ckpt_path, {"volume_size": volume_size, "xray_size": xray_size})
     writable_dir(output_dir, "output_dir")
+
+
+def check_shipped_sizes(bundle_root, ckpt_path, sizes: dict) -> None:
+    """With the bundle's own weights, the sizes they were trained at (``metadata.json``'s network data format):
+    nothing in a convolutional network's weights fixes the volume size, so a mismatch would run and reconstruct
+    silently worse. Weights of one's own (another ``ckpt_path``) may have any size."""
+    import json
+    from pathlib import Path
+
+    root = Path(str(bundle_root))
+    if Path(str(ckpt_path)).resolve() != (root / "models" / "model.pt").resolve():
+        return
+    try:
+        formats = json.loads((root / "configs" / "metadata.json").read_text())["network_data_format"]
+        trained = {
+            "volume_size": formats["outputs"]["pred"]["spatial_shape"][0],
+            "xray_size": formats["inputs"]["xray"]["spatial_shape"][0],
+        }
+    except (OSError, ValueError, KeyError, IndexError):
+        return
+    for key, value in sizes.items():
+        if value is not None and int(value) != int(trained[key]):
+            raise InputError(
+                f"{key} {value}: the shipped weights were trained at {key} {trained[key]}; leave {key} at "
+                f"{trained[key]}, or set ckpt_path to weights trained at {value}"
+            )
 
 
 @bundle_check

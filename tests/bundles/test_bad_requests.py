@@ -39,6 +39,12 @@ BAD_REQUESTS = {
         ["--frontal_path", "{t}/noise.nii.gz", "--lateral_path", XRAY / "lateral.nii.gz", *FAST],
         ["noise.nii.gz", "not a readable NIfTI"],
     ),
+    "volume size the shipped weights were not trained at": (
+        "xray2ct_cascade_diffusion",
+        None,
+        ["--volume_size", 32],
+        ["volume_size 32", "trained at volume_size 64", "ckpt_path"],
+    ),
     "threshold above 1": ("mask_refiner_2d", None, ["--threshold", 1.5], ["threshold must be at most 1"]),
     "image without its map": (
         "mask_refiner_2d",

@@ -182,6 +182,14 @@ BAD_INPUTS = {
         ["refiner-workflow", "--postprocess_dir", "{d}", "--output_dir", "{o}", "--overrides", '{{"channels": "abc"}}'],
         ["--overrides: channels must be a list"],
     ),
+    "refiner-workflow on several GPUs": (
+        ["refiner-workflow", "--postprocess_dir", "{d}", "--output_dir", "{o}", "--gpus", "2"],
+        ["--gpus 2", "multi_gpu_train.json under torchrun"],
+    ),
+    "refiner-workflow gpus not a count": (
+        ["refiner-workflow", "--postprocess_dir", "{d}", "--output_dir", "{o}", "--gpus", "-1"],
+        ["--gpus must be a whole number >= 0"],
+    ),
     "overrides unknown key": (
         ["evaluate-xray2ct", "{d}/a_file", "{o}", "{d}/nope.pt", "--overrides", '{{"volume_sise": 64}}'],
         ["no key 'volume_sise'"],
