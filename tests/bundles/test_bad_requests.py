@@ -45,6 +45,12 @@ BAD_REQUESTS = {
         ["--volume_size", 32],
         ["volume_size 32", "trained at volume_size 64", "ckpt_path"],
     ),
+    "weights of another architecture": (
+        "xray2ct_cascade_diffusion",
+        None,
+        ["--channels", "[16,32,64]", *FAST],
+        ["checkpoint does not fit the network", "ckpt_path"],
+    ),
     "threshold above 1": ("mask_refiner_2d", None, ["--threshold", 1.5], ["threshold must be at most 1"]),
     "image without its map": (
         "mask_refiner_2d",

@@ -87,6 +87,13 @@ class StopOnInputError:
     def __call__(self, engine, e: BaseException) -> None:
         # Ignite hands the SystemExit of stop() to the exception handlers once more on its way out: let it pass
         error = input_error_in(e) if isinstance(e, Exception) else None
+        if error is None and isinstance(e, RuntimeError) and "Error(s) in loading state_dict" in str(e):
+            # MONAI's CheckpointLoader: weights of another architecture than the config builds (a changed setting)
+            first = str(e).splitlines()[0]
+            error = InputError(
+                f"the checkpoint does not fit the network the config builds ({first}); remove the overrides that "
+                "change the network, or set ckpt_path to weights trained with them"
+            )
         if error is None:
             raise e
         stop(error, original=e)
