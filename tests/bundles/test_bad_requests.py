@@ -123,8 +123,9 @@ def test_bad_request_ends_with_one_error_line_and_writes_nothing(bad_request_run
 
 
 def test_requests_are_checked_before_any_network_is_loaded(bad_request_runs):
-    """Only what a transform reads (the files' contents) reaches the engine; every setting stops it earlier."""
-    engine_errors = {"unreadable X-ray", "pickled probability map"}
+    """Only what a transform reads (the files' contents) or the checkpoint loader finds (weights of another
+    architecture) reaches the engine; every setting stops it earlier."""
+    engine_errors = {"unreadable X-ray", "pickled probability map", "weights of another architecture"}
     for name, proc in bad_request_runs.items():
         started = "Engine run resuming" in proc.stdout
         assert started == (name in engine_errors), (name, proc.stdout[-2000:])
