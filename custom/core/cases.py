@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -59,21 +58,24 @@ def claim_output(path, overwrite: bool = False, folder: bool = True) -> Path:
     """Reserve ``path`` (a case's output folder, or with ``folder=False`` its first output file) for this run, or
     refuse when results are already there.
 
-    Creating a folder, or a file with ``O_EXCL``, is atomic, so of two runs writing the same case into one folder at
-    the same time exactly one gets it; the other stops with a message instead of silently replacing the first one's
-    results.
+    Creating a folder is atomic, so of two runs writing the same case into one folder at the same time exactly one
+    gets it; the other stops with a message instead of silently replacing the first one's results. A file is only
+    checked: a placeholder would be a half-written file if the run then failed before writing it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if folder:
-            path.mkdir()
-        else:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # replaced by the real file later
-    except FileExistsError:
-        if not overwrite:
-            raise InputError(
-                f"{path} already holds the results of a case of the same name; choose another output_dir, or set "
-                "overwrite true to replace them"
-            ) from None
+    taken = path.exists() if not folder else not _made(path)
+    if taken and not overwrite:
+        raise InputError(
+            f"{path} already holds the results of a case of the same name; choose another output_dir, or set "
+            "overwrite true to replace them"
+        )
     return path
+
+
+def _made(folder: Path) -> bool:
+    try:
+        folder.mkdir()
+        return True
+    except FileExistsError:
+        return False

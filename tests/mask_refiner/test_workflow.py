@@ -5,24 +5,18 @@ import json
 from conftest import ROOT, run_cli
 
 
+def _workflow(tmp_path, batch_size, overrides):
+    """``refiner-workflow`` for one epoch on tmp_path/src into tmp_path/out."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    args = ("--postprocess_dir", src, "--output_dir", out, "--batch_size", batch_size, "--max_epochs", 1)
+    return run_cli("refiner-workflow", *args, "--overrides", overrides, cwd=tmp_path)
+
+
 def test_refiner_workflow_end_to_end(tmp_path):
     r = run_cli("refiner-generate", tmp_path / "src", "--patients", 6, "--controls", 2, "--width", 32)
     assert r.returncode == 0, r.stderr
     tiny = json.dumps({"channels": [4, 4, 4, 4], "val_interval": 1, "batches_per_epoch": 2})
-    r = run_cli(
-        "refiner-workflow",
-        "--postprocess_dir",
-        tmp_path / "src",
-        "--output_dir",
-        tmp_path / "out",
-        "--batch_size",
-        4,
-        "--max_epochs",
-        1,
-        "--overrides",
-        tiny,
-        cwd=tmp_path,
-    )
+    r = _workflow(tmp_path, 4, tiny)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "out" / "runs" / "model.pt").is_file()
     summary = json.loads((tmp_path / "out" / "eval" / "summary.json").read_text())
@@ -77,20 +71,7 @@ def test_a_run_shorter_than_the_validation_interval_still_validates_and_saves_it
     r = run_cli("refiner-generate", tmp_path / "src", "--patients", 5, "--controls", 1, "--width", 32)
     assert r.returncode == 0, r.stderr
     tiny = json.dumps({"channels": [4, 4, 4, 4], "batches_per_epoch": 1})
-    r = run_cli(
-        "refiner-workflow",
-        "--postprocess_dir",
-        tmp_path / "src",
-        "--output_dir",
-        tmp_path / "out",
-        "--batch_size",
-        2,
-        "--max_epochs",
-        1,
-        "--overrides",
-        tiny,
-        cwd=tmp_path,
-    )
+    r = _workflow(tmp_path, 2, tiny)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "out" / "runs" / "model.pt").is_file()
     assert (tmp_path / "out" / "eval" / "summary.json").is_file()

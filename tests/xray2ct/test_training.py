@@ -93,19 +93,19 @@ def _bundle_run(configs, cwd, *overrides, torchrun=False, timeout=600):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
-def _train(tmp, max_epochs, resume=False):
-    """train.json on tmp/prep into tmp/run (tiny sizes)."""
+def _train(tmp, max_epochs, resume=False, out="run", val_interval=1):
+    """train.json on tmp/prep into tmp/<out> (tiny sizes)."""
     return _bundle_run(
         ["train.json"],
         tmp,
         "--dataset_dir",
         tmp / "prep",
         "--output_dir",
-        tmp / "run",
+        tmp / out,
         "--max_epochs",
         max_epochs,
         "--val_interval",
-        1,
+        val_interval,
         "--batch_size",
         2,
         "--warmup_epochs",
@@ -323,24 +323,7 @@ def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(trained)
     tmp, _ = trained
 
     def run(out, max_epochs, resume):
-        proc = _bundle_run(
-            ["train.json"],
-            tmp,
-            "--dataset_dir",
-            tmp / "prep",
-            "--output_dir",
-            tmp / out,
-            "--max_epochs",
-            max_epochs,
-            "--val_interval",
-            5,
-            "--batch_size",
-            2,
-            "--warmup_epochs",
-            1,
-            "--resume",
-            str(resume),
-        )
+        proc = _train(tmp, max_epochs, resume, out=out, val_interval=5)
         assert proc.returncode == 0, proc.stderr[-3000:]
 
     run("straight", 2, False)
