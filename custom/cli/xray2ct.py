@@ -11,6 +11,13 @@ from custom.core.bundle import load_bundle_network
 from custom.core.errors import InputError
 
 
+def _ct_size(path) -> int:
+    """The largest side, in voxels, of a prepared CT (read from its header only)."""
+    import nibabel as nib
+
+    return int(max(nib.load(str(path)).shape[:3]))
+
+
 class XRayToCTCommands:
     def evaluate_xray2ct(
         self,
@@ -90,6 +97,104 @@ class XRayToCTCommands:
                 return window_to_hu(inferer(xray[None].to(device), net)[0, 0].float().cpu(), window)
 
         summary, _ = evaluate(reconstruct, cases, train_pairs, window, parser["geometry"], parser["cube_mm"], out)
+        print(json.dumps(summary, indent=1))
+
+    def evaluate_cascade(
+        self,
+        datalist: str,
+        out_dir: str,
+        stages: str = "1-3",
+        bundle: str = "bundles/xray2ct_cascade_diffusion",
+        extra_datalist: str | None = None,
+        max_cases: int = 20,
+        steps_curve: str = "[]",
+        groups: str = "phantoms,real",
+        overrides: str = "{}",
+    ):
+        """Per-stage held-out metrics of the chained cascade with the bundle's shipped weights and inference settings.
+
+        Each stage is scored at its own resolution (ground truth shrunk by area averaging) next to trilinear
+        upsampling of the previous stage's actual sampled output, which is also the stage's input: no figure is
+        teacher-forced. Writes OUT_DIR/metrics.csv and OUT_DIR/summary.json (convention included) and prints the
+        summary.
+
+        Args:
+            datalist: datalist.json from `prepare` whose test cases are scored; the CTs must be at least as large
+                as the last stage (prepare with --size 256 for stage 3).
+            out_dir: output folder.
+            stages: which stages run, 1, 1-2 or 1-3.
+            bundle: the X-ray -> CT bundle folder (its configs/inference.json and models/).
+            extra_datalist: another datalist whose test cases are scored too, as a second group (e.g. real CTs).
+            max_cases: at most this many test cases of DATALIST.
+            steps_curve: JSON list of DDIM step counts to also score every stage at (e.g. '[1,2,5,10,25]'), each on
+                the same previous-stage output.
+            groups: names of the two groups (DATALIST's cases, EXTRA_DATALIST's cases).
+            overrides: JSON dict of inference.json overrides (e.g. '{"stage3#num_inference_steps": 2}').
+        """
+        import torch
+
+        from custom.core.bundle import build_network, make_parser, read_bundle_config
+        from custom.xray2ct.evaluation import evaluate_cascade, load_case
+        from custom.xray2ct.inferer import DDIMInferer
+
+        ov = json_dict(overrides)
+        curve = json.loads(steps_curve) if isinstance(steps_curve, str) else list(steps_curve)
+        if not isinstance(curve, list) or not all(isinstance(s, int) and s >= 1 for s in curve):
+            raise InputError(
+                f"--steps_curve must be a JSON list of positive step counts like [1,2,5], got {steps_curve}"
+            )
+        max_cases = as_int(max_cases, "--max_cases", 1)
+        names = [g.strip() for g in str(groups).split(",")]
+        if len(names) != 2 or not all(names):
+            raise InputError(f"--groups must be two names separated by a comma, got {groups!r}")
+        for path in [datalist] + ([extra_datalist] if extra_datalist else []):
+            if not Path(path).is_file():
+                raise InputError(f"{path}: no such datalist (made by `python -m custom prepare`)")
+        need_dir_path(out_dir)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        parser = make_parser(read_bundle_config(bundle, "inference.json"), bundle, {**ov, "stages": str(stages)})
+        parser["inferer"]["progress"] = False
+        hint = f"; pass the overrides it was trained with (given: {ov})"
+        first = build_network(parser, parser.get_parsed_content("ckpt_path"), device, hint)
+        cascade = parser.get_parsed_content("cascade")
+        if isinstance(cascade, DDIMInferer):
+            chain = [{"network": first, "inferer": cascade, "xray_size": parser["xray_size"]}]
+        else:
+            chain = [dict(s) for s in cascade.stages]
+            chain[0]["network"] = first
+        final = chain[-1]["inferer"].volume_size
+
+        def entries(path, key, limit=None):
+            with open(path) as f:
+                found = [(e, Path(path).parent) for e in json.load(f).get(key, [])]
+            return found[:limit] if limit else found
+
+        test = [(e, b, names[0]) for e, b in entries(datalist, "test", max_cases)]
+        if extra_datalist:
+            test += [(e, b, names[1]) for e, b in entries(extra_datalist, "test")]
+        if not test:
+            raise InputError(f"{datalist}: no test cases")
+        cases = []
+        for entry, base, group in test:
+            size = _ct_size(base / entry["ct"])
+            if size < final:
+                raise InputError(
+                    f"{base / entry['ct']}: the CT is {size}^3, smaller than the last stage ({final}^3); prepare the "
+                    f"cases with --size {final} so that every stage has a ground truth at its own resolution"
+                )
+            load = lambda d, n, e=entry, b=base: load_case(e, b, d, n, parser["geometry"])  # noqa: E731
+            cases.append((entry["case_id"], group, load))
+        out = need_dir(out_dir)
+        settings = {
+            "stages": str(stages),
+            "steps": [s["inferer"].sampler.num_inference_steps for s in chain],
+            "num_samples": [s["inferer"].num_samples for s in chain],
+            "roi_size": [s["inferer"].roi_size for s in chain],
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        }
+        summary, _ = evaluate_cascade(
+            chain, cases, tuple(parser["window"]), curve, out, extra={"settings": settings}, device=device
+        )
         print(json.dumps(summary, indent=1))
 
     def demo(

@@ -78,6 +78,44 @@ class EpochValidationHandler(ValidationHandler):
             rng.load_state_dict(state)
 
 
+class TrainingTimeLimit:
+    """End training cleanly after ``minutes`` of wall-clock time (0: no limit), for a run that must fit a budget.
+
+    Ignite's own ``TimeLimit`` is a bare callable; this one attaches like MONAI's handlers, so a bundle config can
+    list it among ``train_handlers``. Terminating fires ``COMPLETED``, so the final checkpoint is still saved.
+    """
+
+    def __init__(self, minutes: float = 0.0):
+        self.seconds = float(minutes) * 60.0
+        self._start = 0.0
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        if self.seconds > 0:
+            engine.add_event_handler(Events.STARTED, self._started)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def _started(self, engine) -> None:
+        import time
+
+        self._start = time.monotonic()
+
+    def __call__(self, engine) -> None:
+        import time
+
+        stop = time.monotonic() - self._start >= self.seconds
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every process must stop at the same iteration, or the others wait forever in their next all-reduce
+            device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+            flag = torch.tensor([float(stop)], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            engine.logger.info(f"time limit of {self.seconds / 60:g} min reached: training stops after this iteration")
+            engine.terminate()
+
+
 class CopyWeights:
     """At the start of a run, copy the weights of ``source`` into ``target`` (DDP wrappers are looked through).
 

@@ -30,6 +30,7 @@ class DDIMInferer(Inferer):
         roi_size: side of the tiles a sub-volume network (:class:`custom.xray2ct.patch_network.PatchDenoiser`) is
             run on at each step, with MONAI's sliding-window blending; None or at least D: the whole volume at once.
         overlap: overlap of neighbouring tiles (fraction of ``roi_size``); tiles are blended with Gaussian weights.
+        sw_batch_size: tiles run through the network at once (more uses more memory and keeps a GPU busier).
     """
 
     def __init__(
@@ -46,10 +47,12 @@ class DDIMInferer(Inferer):
         progress: bool = False,
         roi_size: int | None = None,
         overlap: float = 0.25,
+        sw_batch_size: int = 1,
     ):
         super().__init__()
         self.roi_size = int(roi_size) if roi_size else None
         self.overlap = float(overlap)
+        self.sw_batch_size = int(sw_batch_size)
         self.volume_size = int(volume_size)
         self.sampler = DDIMSampler(cosine_alpha_bar(num_train_timesteps), num_inference_steps, eta, clip_x0)
         self.num_samples = int(num_samples)
@@ -108,7 +111,13 @@ class DDIMInferer(Inferer):
                 else:
                     out.append(
                         sliding_window_inference(
-                            tiles, (roi,) * 3, 1, predictor, overlap=self.overlap, mode="gaussian", progress=False
+                            tiles,
+                            (roi,) * 3,
+                            self.sw_batch_size,
+                            predictor,
+                            overlap=self.overlap,
+                            mode="gaussian",
+                            progress=False,
                         )
                     )
             return torch.cat(out)
@@ -138,7 +147,9 @@ class CascadeInferer(Inferer):
             network the evaluator passes in), ``inferer`` (its :class:`DDIMInferer`) and ``xray_size``.
         run: which stages run, ``"1"``, ``"1-2"`` or ``"1-3"``.
 
-    After a call, ``outputs`` holds each stage's mean CT (window units) and ``last_std`` the final stage's spread.
+    After a call, ``outputs`` holds each stage's mean CT (window units), ``seconds`` each stage's wall time and
+    ``last_std`` the final stage's spread. ``on_stage_end(number, stage, seconds)``, when set, is called after each
+    stage (the benchmark reads memory there).
     """
 
     def __init__(self, stages, run="1-3"):
@@ -146,13 +157,18 @@ class CascadeInferer(Inferer):
         self.stages = list(stages)
         self.run = parse_stages(run, len(self.stages))
         self.outputs: list[torch.Tensor] = []
+        self.seconds: list[float] = []
         self.last_std: torch.Tensor | None = None
+        self.on_stage_end = None
 
     def __call__(self, inputs: torch.Tensor, network=None, *args, **kwargs) -> torch.Tensor:
+        import time
+
         import torch.nn.functional as F
 
-        prev, self.outputs = None, []
+        prev, self.outputs, self.seconds = None, [], []
         for number in self.run:
+            start = time.perf_counter()
             stage = self.stages[number - 1]
             net = stage.get("network") or network
             n = int(stage["xray_size"])
@@ -162,8 +178,13 @@ class CascadeInferer(Inferer):
                 size = (inferer.volume_size,) * 3
                 prev = F.interpolate(prev, size=size, mode="trilinear", align_corners=False)
             prev = inferer(xrays, net, prev=prev)
+            if prev.is_cuda:
+                torch.cuda.synchronize(prev.device)  # the time of the work, not of its launch
             self.outputs.append(prev)
+            self.seconds.append(time.perf_counter() - start)
             self.last_std = inferer.last_std
+            if self.on_stage_end is not None:
+                self.on_stage_end(number, stage, self.seconds[-1])
         return prev
 
 
@@ -174,8 +195,8 @@ def build_cascade(first: DDIMInferer, first_xray_size: int, later, run="1", devi
 
     ``later``: one dict per later stage (2, 3) with ``network`` (keyword arguments of
     :class:`custom.xray2ct.patch_network.PatchDenoiser`), ``ckpt_path``, ``xray_size``, ``num_inference_steps``,
-    ``num_samples``, ``roi_size`` and ``overlap``. Only the stages that run are built, and each one's weights must
-    load strictly.
+    ``num_samples``, ``roi_size``, ``overlap`` and ``sw_batch_size``. Only the stages that run are built, and each
+    one's weights must load strictly.
     """
     from custom.core.bundle import load_weights
     from custom.core.errors import InputError
@@ -203,6 +224,7 @@ def build_cascade(first: DDIMInferer, first_xray_size: int, later, run="1", devi
             progress=first.progress,
             roi_size=s.get("roi_size"),
             overlap=float(s.get("overlap", 0.25)),
+            sw_batch_size=int(s.get("sw_batch_size", 1)),
         )
         stages.append({"network": net.to(device).eval(), "inferer": inferer, "xray_size": int(s["xray_size"])})
     return CascadeInferer(stages, run)

@@ -127,3 +127,43 @@ def test_the_bundle_runs_stage_1_by_default_and_refuses_stages_without_weights(t
     assert "stage 2 has no weights" in proc.stderr.strip().splitlines()[-1]
     proc = run_bundle("xray2ct_cascade_diffusion", *files, *common, "--stages", "2-3")
     assert proc.returncode == 2 and "stages must be one of" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_the_per_stage_evaluation_scores_each_stage_against_its_real_previous_stage(tmp_path):
+    """Stage 2's trilinear baseline is the upsampled *sampled* stage-1 output (what stage 2 gets), not the truth."""
+    import json
+
+    import torch.nn.functional as F
+
+    from custom.core.metrics import refinement_metrics
+    from custom.core.transforms import window_to_hu
+    from custom.xray2ct.evaluation import evaluate_cascade
+
+    torch.manual_seed(0)
+    stage1 = CascadeDenoiser(volume_size=8, token_grid=2, vit_depth=1, **TINY).eval()
+    torch.nn.init.normal_(stage1.out[-1].weight, std=0.05)
+    stages = [
+        {"network": stage1, "inferer": DDIMInferer(8, num_inference_steps=2, seed=5), "xray_size": 8},
+        {"network": patch_net(16), "inferer": DDIMInferer(16, num_inference_steps=2, roi_size=8), "xray_size": 16},
+    ]
+    gt = torch.rand(16, 16, 16) * 400 - 200
+    xray16 = torch.rand(2, 16, 16)
+
+    def load(d, n):
+        x = F.interpolate(xray16[None], size=(n, n), mode="area")[0]
+        return x, F.interpolate(gt[None, None], size=(d,) * 3, mode="area")[0, 0]
+
+    summary, rows = evaluate_cascade(stages, [("a", "phantoms", load)], steps_curve=[1], out_dir=tmp_path)
+    methods = {(r["stage"], r["method"]) for r in rows}
+    assert methods == {(1, "model"), (1, "model_1_steps"), (2, "trilinear"), (2, "model"), (2, "model_1_steps")}
+    with torch.no_grad():
+        first = DDIMInferer(8, num_inference_steps=2, seed=5)(load(8, 8)[0][None], stage1)
+    up = window_to_hu(F.interpolate(first, size=(16,) * 3, mode="trilinear", align_corners=False)[0, 0], (-200, 200))
+    expected = refinement_metrics(up, gt, (-200, 200))
+    tri = next(r for r in rows if r["method"] == "trilinear")
+    assert abs(tri["psnr_hu"] - expected["psnr_hu"]) < 1e-4 and abs(tri["sharpness"] - expected["sharpness"]) < 1e-4
+    stage2 = summary["stages"]["2"]["phantoms"]
+    model = next(r for r in rows if r["stage"] == 2 and r["method"] == "model")
+    assert stage2["gain_db"]["min"] == pytest.approx(model["psnr_hu"] - tri["psnr_hu"])
+    assert json.loads((tmp_path / "summary.json").read_text())["stages"]["2"]["phantoms"]["model"]["steps"] == 2
+    assert "not teacher-forced" in summary["previous_stage"]
