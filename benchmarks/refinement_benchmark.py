@@ -1,14 +1,19 @@
-"""Training-step time, peak memory and inference time per volume of the two CT detail refiners.
+"""Training-step time, peak memory and inference time per volume of the CT refiners.
 
     python benchmarks/refinement_benchmark.py --size seed --repeats 3
     python benchmarks/refinement_benchmark.py --size shipped
+    python benchmarks/refinement_benchmark.py --size crops --refiners super_resolution
 
-``seed``: the design sizes (variant A 64^3 -> 256^3, 2.0 M parameters; variant B 64^3, 5.1 M parameters, 64 px
-X-rays). ``shipped``: the reduced sizes of the bundle's configs and weights (A 16^3 -> 64^3 with channels
-32/16/8; B 64^3 with channels 16/32/64 and 64 px X-rays). A training step is the bundle's loss (perceptual term
-off) with backward and an AdamW step, batch 1, AMP on CUDA; best of ``--repeats`` after a warm-up. Peak memory:
-CUDA's peak allocation on a GPU; on CPU the process's peak resident set size (an upper bound that includes the
-Python runtime).
+``seed``: the design sizes (``super_resolution`` 64^3 -> 256^3 on the whole volume, 2.0 M parameters; ``detail``
+64^3, 5.1 M parameters, 64 px X-rays). ``shipped``: the reduced sizes of the bundle's configs and weights
+(``super_resolution`` 16^3 -> 64^3 with channels 32/16/8, i.e. ``super_resolution_16to64``; ``detail`` 64^3 with
+channels 16/32/64 and 64 px X-rays). ``crops``: ``super_resolution`` at the design size as
+``train_super_resolution.json`` trains and runs it: a step on a batch of 32 crop pairs of 16^3 -> 64^3, inference
+of a 64^3 volume in 16^3 tiles (MONAI's sliding window, overlap 0.25, Gaussian blending). A training step is the
+bundle's loss (perceptual term off) with backward and an AdamW step, batch 1 unless said, AMP on CUDA; best of
+``--repeats`` after a warm-up. Peak memory: CUDA's peak allocation on a GPU; on CPU the process's peak resident set
+size (an upper bound that includes the Python runtime). ``--variants a b`` (0.3.0 names) still works: a is
+``super_resolution``, b ``detail``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from custom.ct_refinement.losses import DetailRefinementLoss, SuperResolutionLos
 from custom.ct_refinement.super_resolution import SuperResolutionRefiner
 
 SIZES = {
+    "crops": {
+        "a": dict(coarse=16, batch=32, tiles_of=64, kwargs={}),
+    },
     "seed": {
         "a": dict(coarse=64, kwargs={}),
         "b": dict(volume=64, xray=64, kwargs={}),
@@ -53,9 +61,9 @@ def bench(variant: str, size: str, device, repeats: int) -> dict:
     if variant == "a":
         net = SuperResolutionRefiner(**spec["kwargs"]).to(device)
         loss_fn = SuperResolutionLoss()
-        d = spec["coarse"]
-        inputs = (torch.rand(1, 1, d, d, d, device=device) * 2 - 1,)
-        target = torch.rand(1, 1, 4 * d, 4 * d, 4 * d, device=device) * 2 - 1
+        d, n = spec["coarse"], spec.get("batch", 1)
+        inputs = (torch.rand(n, 1, d, d, d, device=device) * 2 - 1,)
+        target = torch.rand(n, 1, 4 * d, 4 * d, 4 * d, device=device) * 2 - 1
     else:
         net = DetailRefiner(**spec["kwargs"]).to(device)
         loss_fn = DetailRefinementLoss()
@@ -75,11 +83,26 @@ def bench(variant: str, size: str, device, repeats: int) -> dict:
         scaler.step(opt)
         scaler.update()
 
+    if spec.get("tiles_of"):  # inference on a whole coarse volume, in tiles of the training crop size
+        from monai.inferers import SlidingWindowInferer
+
+        side = spec["tiles_of"]
+        volume = torch.rand(1, 1, side, side, side, device=device) * 2 - 1
+        tiler = SlidingWindowInferer((spec["coarse"],) * 3, sw_batch_size=16, overlap=0.25, mode="gaussian")
+
+        def run_net():
+            return tiler(volume, net)
+
+    else:
+
+        def run_net():
+            return net(*[x[:1] for x in inputs])
+
     @torch.no_grad()
     def infer():
         net.eval()
         with torch.autocast(device.type, enabled=amp):
-            net(*inputs)
+            run_net()
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -87,7 +110,7 @@ def bench(variant: str, size: str, device, repeats: int) -> dict:
     train_mem = peak_memory_gib(device)
     infer_s = timed(infer, device, repeats)
     return {
-        "variant": variant,
+        "refiner": {"a": "super_resolution", "b": "detail"}[variant],
         "size": size,
         "parameters": sum(p.numel() for p in net.parameters()),
         "train_step_s": round(train_s, 3),
@@ -100,12 +123,20 @@ def bench(variant: str, size: str, device, repeats: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="seed")
-    parser.add_argument("--variants", nargs="+", default=["a", "b"], choices=["a", "b"])
+    parser.add_argument("--refiners", nargs="+", choices=["super_resolution", "detail"])
+    parser.add_argument("--variants", nargs="+", choices=["a", "b"], help="deprecated: --refiners")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    for v in args.variants:
+    keys = {"super_resolution": "a", "detail": "b"}
+    chosen = args.variants or [keys[r] for r in (args.refiners or keys)]
+    for v in chosen:
+        if v not in SIZES[args.size]:
+            print(
+                json.dumps({"refiner": {"a": "super_resolution", "b": "detail"}[v], "size": args.size, "skipped": True})
+            )
+            continue
         print(json.dumps(bench(v, args.size, device, args.repeats)), flush=True)
 
 

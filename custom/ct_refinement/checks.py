@@ -3,6 +3,8 @@ is loaded, so that a bad setting ends the run at once with one line that names t
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 from custom.core.bundle.errors import bundle_check
@@ -11,24 +13,68 @@ from custom.core.options import as_bool, as_choice, as_int, need_file, writable_
 from custom.core.xray import check_view_paths
 from custom.ct_refinement.coarse import check_refiner_inputs
 
+logger = logging.getLogger(__name__)
+
+# refiner name -> the network it is ("super_resolution": SuperResolutionRefiner, "detail": DetailRefiner)
+REFINERS = {
+    "super_resolution": "super_resolution",  # 64^3 -> 256^3 (configs/*_super_resolution.json)
+    "super_resolution_16to64": "super_resolution",  # 16^3 -> 64^3, the base configs (train.json, inference.json)
+    "detail": "detail",  # 64^3 -> 64^3 with the two X-rays (configs/*_detail.json)
+}
+# the names of 0.3.0, accepted for one release (0.4.x) with a warning that names the new one
 VARIANTS = ("a", "b")
+RENAMED = {
+    "a": (
+        "super_resolution",
+        "refiner 'super_resolution' (64^3 -> 256^3: configs/train_super_resolution.json, "
+        "inference_super_resolution.json) or 'super_resolution_16to64' (the base configs train.json, inference.json)",
+    ),
+    "b": ("detail", "refiner 'detail' (configs/train_detail.json, inference_detail.json)"),
+}
+RENAMED_CONFIGS = {
+    "train_variant_b.json": "train_detail.json",
+    "inference_variant_b.json": "inference_detail.json",
+    "model_variant_b.pt": "detail.pt",
+}
 
 
-def _check_grid(variant, volume_size, scale_factor, channels=None) -> None:
-    """Variant A upsamples by ``scale_factor`` (a power of two: one pixel-shuffle stage per factor 2), so the output
-    side must be a multiple of it; variant B keeps the size and halves it once per extra level of ``channels``. A
-    side that does not divide would silently come out on another grid."""
+def refiner_kind(refiner, variant="") -> str:
+    """The network kind ('super_resolution' or 'detail') of ``refiner``, or of the deprecated ``variant`` when one
+    is given (with a FutureWarning naming its new name; gone in 0.5.0)."""
+    if variant not in (None, ""):
+        if variant not in VARIANTS:
+            raise InputError(
+                f"variant must be one of a, b (deprecated names), got {variant!r}; name the refiner instead: "
+                f"refiner must be one of {', '.join(REFINERS)}"
+            )
+        kind, new = RENAMED[variant]
+        message = (
+            f"variant {variant!r} is deprecated and goes in 0.5.0: use {new}; "
+            "train_variant_b.json / inference_variant_b.json are now train_detail.json / inference_detail.json and "
+            "models/model_variant_b.pt is models/detail.pt"
+        )
+        warnings.warn(message, FutureWarning, stacklevel=2)
+        logger.warning(message)
+        return kind
+    return REFINERS[as_choice(refiner, "refiner", REFINERS)]
+
+
+def _check_grid(kind, volume_size, scale_factor, channels=None) -> None:
+    """The super-resolution refiner upsamples by ``scale_factor`` (a power of two: one pixel-shuffle stage per factor
+    2), so the output side must be a multiple of it; the detail refiner keeps the size and halves it once per extra
+    level of ``channels``. A side that does not divide would silently come out on another grid."""
     scale = as_int(scale_factor, "scale_factor", 1)
     size = as_int(volume_size, "volume_size", 2)
-    if variant == "a":
+    name = "the super-resolution refiner" if kind == "super_resolution" else "the detail refiner"
+    if kind == "super_resolution":
         if scale < 2 or scale & (scale - 1):
-            raise InputError(f"scale_factor must be a power of two >= 2 for variant A, got {scale_factor}")
+            raise InputError(f"scale_factor must be a power of two >= 2 for {name}, got {scale_factor}")
         step = scale
     else:
         step = 2 ** (len(channels) - 1) if channels else 4
     if size % step:
         raise InputError(
-            f"volume_size must be a multiple of {step} for variant {variant.upper()}, got {volume_size} "
+            f"volume_size must be a multiple of {step} for {name}, got {volume_size} "
             f"(e.g. {max(step, size - size % step)})"
         )
 
@@ -39,9 +85,23 @@ def _check_cascade(coarse_source, cascade_num_inference_steps, cascade_num_sampl
         as_int(cascade_num_samples, "cascade_num_samples", 1)
 
 
+def _check_tiles(kind, volume_size, scale_factor, tile_size, tile_overlap) -> None:
+    """Tiles (crops) are sides of the coarse input; ``tile_overlap * tile_size`` must be whole so that every tile
+    lands on whole output voxels (MONAI's sliding window rounds otherwise)."""
+    if kind != "super_resolution" or tile_size in (None, "", 0):
+        return
+    tile = as_int(tile_size, "tile_size", 1)
+    coarse = as_int(volume_size, "volume_size", 2) // as_int(scale_factor, "scale_factor", 1)
+    overlap = float(tile_overlap)
+    if not 0 <= overlap < 1:
+        raise InputError(f"tile_overlap must be in [0, 1), got {tile_overlap}")
+    if tile < coarse and (tile * overlap != int(tile * overlap)):
+        raise InputError(f"tile_overlap * tile_size must be a whole number of coarse voxels, got {overlap} * {tile}")
+
+
 @bundle_check
 def check_inference_request(
-    variant,
+    refiner,
     coarse_path="",
     frontal_path="",
     lateral_path="",
@@ -54,13 +114,21 @@ def check_inference_request(
     cascade_num_inference_steps=10,
     cascade_num_samples=4,
     datalist="",
+    variant="",
+    tile_size=0,
+    tile_overlap=0.25,
 ) -> None:
-    """``inference.json`` (and variant B on top): variant, grid, weights, inputs, a writable output folder."""
-    variant = as_choice(variant, "variant", VARIANTS)
+    """``inference.json`` (and a refiner's layer on top): refiner, grid, tiles, weights, inputs, a writable output
+    folder."""
+    kind = refiner_kind(refiner, variant)
     check_view_paths(frontal_path, lateral_path)
-    check_refiner_inputs(variant, coarse_path, frontal_path, lateral_path)
-    _check_grid(variant, volume_size, scale_factor, channels)
-    need_file(ckpt_path, "ckpt_path", f"; set ckpt_path to variant {variant.upper()}'s weights")
+    check_refiner_inputs(kind, coarse_path, frontal_path, lateral_path)
+    _check_grid(kind, volume_size, scale_factor, channels)
+    _check_tiles(kind, volume_size, scale_factor, tile_size, tile_overlap)
+    hint = f"; set ckpt_path to the {refiner} refiner's weights"
+    if kind == "super_resolution" and str(refiner) == "super_resolution":
+        hint += " (models/super_resolution.pt ships once the 64^3 -> 256^3 training has run: see the model card)"
+    need_file(ckpt_path, "ckpt_path", hint)
     if coarse_path and not Path(str(coarse_path)).expanduser().exists():  # a file, or a DICOM series folder
         raise InputError(f"coarse_path {coarse_path}: no such file or folder")
     if not (coarse_path or frontal_path):
@@ -71,11 +139,32 @@ def check_inference_request(
 
 @bundle_check
 def check_training_request(
-    variant, output_dir, volume_size=64, scale_factor=4, channels=None, resume=False, max_epochs=1, val_interval=1
+    refiner,
+    output_dir,
+    volume_size=64,
+    scale_factor=4,
+    channels=None,
+    resume=False,
+    max_epochs=1,
+    val_interval=1,
+    variant="",
+    coarse_source="degrade",
+    coarse_dir="",
+    crop_size=0,
+    tile_overlap=0.25,
 ) -> None:
-    """``train.json`` and the configs layered on it: variant, grid, flags, epochs, a writable output folder."""
-    variant = as_choice(variant, "variant", VARIANTS)
-    _check_grid(variant, volume_size, scale_factor, channels)
+    """``train.json`` and the configs layered on it: refiner, grid, crops, coarse files, flags, epochs, a writable
+    output folder."""
+    kind = refiner_kind(refiner, variant)
+    _check_grid(kind, volume_size, scale_factor, channels)
+    _check_tiles(kind, volume_size, scale_factor, crop_size, tile_overlap)
+    if str(coarse_source) == "file" and not coarse_dir:
+        raise InputError(
+            "coarse_source 'file' needs coarse_dir: a folder of <case_id>/ct.nii.gz, as the cascade bundle's "
+            "inference.json --output_dir writes them; or set coarse_source to 'degrade' or 'cascade'"
+        )
+    if str(coarse_source) == "file" and not Path(str(coarse_dir)).is_dir():
+        raise InputError(f"coarse_dir {coarse_dir}: no such folder")
     as_bool(resume, "resume")
     as_int(max_epochs, "max_epochs", 1)
     as_int(val_interval, "val_interval", 1)

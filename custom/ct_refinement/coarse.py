@@ -294,19 +294,20 @@ class LoadCoarseCTd(MapTransform):
         return d
 
 
-def check_refiner_inputs(variant: str, coarse_path: str = "", frontal_path: str = "", lateral_path: str = "") -> None:
+def check_refiner_inputs(refiner: str, coarse_path: str = "", frontal_path: str = "", lateral_path: str = "") -> None:
     """Refuse an inference request from files that cannot run, before any file is read or written.
 
-    Variant B refines with the two X-rays, so a coarse CT given by path needs both views next to it (NIfTI
-    line-integral DRRs, as ``python -m custom prepare`` and ``drr`` write them); one view alone is refused for
-    either variant.
+    The detail refiner (``refiner`` 'detail', or the deprecated variant 'b') refines with the two X-rays, so a
+    coarse CT given by path needs both views next to it (NIfTI line-integral DRRs, as ``python -m custom prepare``
+    and ``drr`` write them); one view alone is refused for every refiner.
     """
     if bool(frontal_path) != bool(lateral_path):
         raise InputError("give both --frontal_path and --lateral_path, or neither")
-    if coarse_path and str(variant).lower() == "b" and not frontal_path:
+    if coarse_path and str(refiner).lower() in ("b", "detail") and not frontal_path:
         raise InputError(
-            "variant B refines with the two X-rays: give --frontal_path and --lateral_path (NIfTI DRRs) next to "
-            "--coarse_path, or use variant A (configs/inference.json alone), which needs only the coarse CT"
+            "the detail refiner refines with the two X-rays: give --frontal_path and --lateral_path (NIfTI DRRs) "
+            "next to --coarse_path, or use a super-resolution refiner (configs/inference.json alone, or with "
+            "inference_super_resolution.json), which needs only the coarse CT"
         )
 
 

@@ -104,11 +104,11 @@ def test_load_coarse_takes_a_cascade_output_as_it_is_and_resamples_any_other_ct(
 def test_load_coarse_says_where_the_missing_coarse_ct_should_be(tmp_path):
     from custom.ct_refinement.coarse import LoadCoarseCTd, check_refiner_inputs
 
-    with pytest.raises(InputError, match="variant B refines with the two X-rays"):
-        check_refiner_inputs("b", "coarse.nii.gz")
+    with pytest.raises(InputError, match="the detail refiner refines with the two X-rays"):
+        check_refiner_inputs("detail", "coarse.nii.gz")
     with pytest.raises(InputError, match="both"):
         check_refiner_inputs("a", "coarse.nii.gz", frontal_path="f.nii.gz")
-    check_refiner_inputs("a", "coarse.nii.gz")
+    check_refiner_inputs("super_resolution", "coarse.nii.gz")
     check_refiner_inputs("b", "coarse.nii.gz", "f.nii.gz", "l.nii.gz")
 
     with pytest.raises(InputError, match="coarse_path"):

@@ -1,5 +1,6 @@
-"""The ct_detail_refinement bundle run for real from its JSON configs at tiny sizes: train (both variants, the
-degrade and the frozen-cascade coarse sources, resume), evaluate and inference."""
+"""The ct_detail_refinement bundle run for real from its JSON configs at tiny sizes: train (the super-resolution
+refiner of the base configs and the detail refiner, the degrade, frozen-cascade and file coarse sources, resume),
+evaluate and inference."""
 
 import csv
 import json
@@ -71,7 +72,7 @@ def trained_a(data):
 
 
 def test_train_a_writes_checkpoints_and_resumes(trained_a, data):
-    runs = trained_a / "runs" / "variant_a"
+    runs = trained_a / "runs" / "super_resolution_16to64"
     final = torch.load(runs / "checkpoint_final.pt", weights_only=True)
     n_train = len(json.loads((data / "prep" / "datalist.json").read_text())["training"])
     assert final["trainer"]["iteration"] == 2 * n_train and set(final) >= {"model", "optimizer", "lr_scheduler"}
@@ -81,18 +82,12 @@ def test_train_a_writes_checkpoints_and_resumes(trained_a, data):
     assert wf.parser.get_parsed_content("train#trainer").state.epoch == 3
 
 
-def _train_b_one_epoch(root, data, **overrides) -> dict:
-    """Variant B's train.json + train_variant_b.json for one tiny epoch; returns the final checkpoint."""
-    _run(
-        ["train.json", "train_variant_b.json"],
-        "train",
-        root,
-        dataset_dir=str(data / "prep"),
-        max_epochs=1,
-        **overrides,
-        **TINY_B,
-    )
-    return torch.load(root / "runs" / "variant_b" / "checkpoint_final.pt", weights_only=True)
+def _train_b_one_epoch(root, data, layer="train_detail.json", **overrides) -> dict:
+    """The detail refiner's train.json + train_detail.json (or its deprecated name) for one tiny epoch; returns the
+    final checkpoint."""
+    _run(["train.json", layer], "train", root, dataset_dir=str(data / "prep"), max_epochs=1, **overrides, **TINY_B)
+    folder = "detail" if layer == "train_detail.json" else "variant_b"
+    return torch.load(root / "runs" / folder / "checkpoint_final.pt", weights_only=True)
 
 
 def test_train_b_from_the_frozen_cascade_checkpoint(data):
@@ -120,6 +115,12 @@ def test_train_b_from_coarse_ct_files_in_coarse_dir(data):
         shutil.copy(data / "prep" / case["ct"], coarse_dir / case["case_id"] / "ct.nii.gz")
     state = _train_b_one_epoch(data / "bundle_b_files", data, coarse_source="file", coarse_dir=str(coarse_dir))
     assert state["trainer"]["iteration"] == len(datalist["training"])
+    # the 0.3.0 name of the same layer still runs, for one release, and says which name replaces it
+    with pytest.warns(FutureWarning, match="refiner 'detail'"):
+        old = _train_b_one_epoch(
+            data / "bundle_b_old", data, "train_variant_b.json", coarse_source="file", coarse_dir=str(coarse_dir)
+        )
+    assert old["trainer"]["iteration"] == len(datalist["training"])
 
 
 def test_evaluate_writes_the_coarse_vs_refined_table(trained_a, data):
@@ -129,7 +130,7 @@ def test_evaluate_writes_the_coarse_vs_refined_table(trained_a, data):
         "eval",
         trained_a,
         dataset_dir=str(data / "prep"),
-        ckpt_path=str(trained_a / "runs" / "variant_a" / "model.pt"),
+        ckpt_path=str(trained_a / "runs" / "super_resolution_16to64" / "model.pt"),
         output_dir=str(out),
         **TINY_A,
     )
@@ -142,13 +143,13 @@ def test_evaluate_writes_the_coarse_vs_refined_table(trained_a, data):
     )
 
 
-@pytest.mark.parametrize("variant", ["a", "b"])
+@pytest.mark.parametrize("variant", ["super_resolution_16to64", "detail"])
 def test_inference_writes_the_seed_output_structure(trained_a, data, variant):
     out = data / f"infer_{variant}"
-    if variant == "a":
-        configs, tiny, ckpt = ["inference.json"], TINY_A, trained_a / "runs" / "variant_a" / "model.pt"
+    if variant == "super_resolution_16to64":
+        configs, tiny, ckpt = ["inference.json"], TINY_A, trained_a / "runs" / "super_resolution_16to64" / "model.pt"
     else:
-        configs, tiny, ckpt = ["inference.json", "inference_variant_b.json"], TINY_B, data / "b.pt"
+        configs, tiny, ckpt = ["inference.json", "inference_detail.json"], TINY_B, data / "b.pt"
         from monai.bundle import ConfigParser
 
         parser = ConfigParser()
@@ -193,7 +194,7 @@ def test_inference_refines_a_coarse_ct_file_without_ground_truth(trained_a, data
     nib.save(nib.Nifti1Image(np.asarray(src.dataobj, dtype=np.float32), affine), str(path))
     out = data / "infer_file"
     tiny = {k: v for k, v in TINY_A.items() if k != "num_workers"}
-    ckpt = str(trained_a / "runs" / "variant_a" / "model.pt")
+    ckpt = str(trained_a / "runs" / "super_resolution_16to64" / "model.pt")
     _run(["inference.json"], "infer", data, coarse_path=str(path), ckpt_path=ckpt, output_dir=str(out), **tiny)
     folder = out / case["case_id"]
     refined = nib.load(folder / "refined.nii.gz")
@@ -220,14 +221,14 @@ def test_inference_refines_a_coarse_ct_file_without_ground_truth(trained_a, data
     assert not list(data.glob("infer_missing/**/*.nii.gz"))
     with pytest.raises(Exception) as err:
         _run(
-            ["inference.json", "inference_variant_b.json"],
+            ["inference.json", "inference_detail.json"],
             "infer",
             data,
             coarse_path=str(path),
             output_dir=str(data / "infer_b_no_xrays"),
             **{k: v for k, v in TINY_B.items() if k != "num_workers"},
         )
-    assert any("variant B refines with the two X-rays" in m for m in _input_errors(err))
+    assert any("the detail refiner refines with the two X-rays" in m for m in _input_errors(err))
 
 
 def test_inference_b_from_the_two_xrays_runs_the_cascade_then_the_refiner(data):
@@ -237,14 +238,14 @@ def test_inference_b_from_the_two_xrays_runs_the_cascade_then_the_refiner(data):
     case = json.loads((data / "prep" / "datalist.json").read_text())["test"][0]
     tiny = {k: v for k, v in TINY_B.items() if k != "num_workers"}
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "inference_variant_b.json")])
+    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "inference_detail.json")])
     parser.update(tiny)
     torch.manual_seed(0)
     torch.save(parser.get_parsed_content("network_def").state_dict(), data / "b_xrays.pt")
     torch.save({"model": CascadeDenoiser(**CASCADE).state_dict()}, data / "cascade_xrays.pt")
     out = data / "infer_b_xrays"
     _run(
-        ["inference.json", "inference_variant_b.json"],
+        ["inference.json", "inference_detail.json"],
         "infer",
         data,
         frontal_path=str(data / "prep" / case["frontal"]),
