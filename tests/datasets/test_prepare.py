@@ -91,10 +91,10 @@ def test_find_cases_single_file_and_errors(tmp_path):
     with pytest.raises(InputError, match="no such file or folder"):
         find_cases(tmp_path / "missing")
     (tmp_path / "x.txt").write_text("x")
-    with pytest.raises(InputError, match="give a NIfTI file or a folder"):
+    with pytest.raises(InputError, match="give a CT file \\(NIfTI, NRRD or MetaImage\\) or a folder"):
         find_cases(tmp_path / "x.txt")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no NIfTI files or CT DICOM series found"):
+    with pytest.raises(InputError, match="no CT files \\(NIfTI, NRRD, MetaImage\\) or CT DICOM series found"):
         find_cases(tmp_path / "empty")
     dup = tmp_path / "dup"
     dup.mkdir()

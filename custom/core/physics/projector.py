@@ -102,7 +102,9 @@ def _plan_view(
         ray_len = torch.sqrt(dp[:, None] ** 2 + dq[:, None] ** 2 + det_z[None, :] ** 2)  # (U, V)
         seg = s_p * ray_len / dp.abs()[:, None]
         separable = bool(torch.all((dp - dp[0]).abs() <= 1e-9 * dp.abs().max()))
-        z_pos = t[:, :, None] * det_z[None, None, :]  # (K, U, V); constant along U when separable
+        # (K, U, V), or (K, 1, V) when separable: z is then constant along U, and the full grid (K*U*V float64,
+        # 420 MB for a 512-wide CT on a 320 px detector) took most of the planning time for nothing
+        z_pos = (t[:, :1] if separable else t)[:, :, None] * det_z[None, None, :]
     else:
         d = -s_hat
         pix_p, pix_q = det * e_u[p], det * e_u[q]  # (U,) detector pixel positions through the isocentre
@@ -110,7 +112,7 @@ def _plan_view(
         q_pos = pix_q[None, :] + t * d[q]
         seg = torch.full((n_pix, n_pix), s_p / abs(float(d[p])), **f64)
         separable = True
-        z_pos = det_z.expand(n_k, n_pix, n_pix)
+        z_pos = det_z.expand(n_k, 1, n_pix)  # separable: z is constant along U
 
     k = torch.arange(n_k, device=device)[:, None].expand(n_k, n_pix)
     ku = (k * n_pix + torch.arange(n_pix, device=device)[None, :]).reshape(-1)
