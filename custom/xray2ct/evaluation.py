@@ -166,7 +166,7 @@ def evaluate_cascade(
 
     import torch.nn.functional as F
 
-    from custom.core.metrics import REFINEMENT_CONVENTION, REFINEMENT_METRICS, refinement_metrics
+    from custom.core.metrics import refinement_metrics
 
     rows = []
     dev = torch.device(device)
@@ -203,34 +203,67 @@ def evaluate_cascade(
                 if steps == default:
                     chained = out
             prev = chained
+    summary = summarize_stages(rows, window)
+    summary.update(extra or {})
+    if out_dir is not None:
+        save_report(rows, summary, out_dir)
+    return summary, rows
+
+
+def summarize_stages(rows: Sequence[dict], window=(-200.0, 200.0)) -> dict:
+    """Means per stage, group and method of per-stage rows (:func:`evaluate_cascade`, :func:`score_stage_files`),
+    with each stage's PSNR gain over trilinear upsampling of its input, per case (mean, minimum, cases worse by
+    more than 0.5 dB)."""
+    from custom.core.metrics import REFINEMENT_CONVENTION, REFINEMENT_METRICS
+
     summary = {
         "convention": convention(window, REFINEMENT_CONVENTION),
-        "cases": len(cases),
+        "cases": len({r["case_id"] for r in rows}),
         "previous_stage": "the sampled output of the real previous stage (not teacher-forced)",
         "stages": {},
     }
-    for number in range(1, len(stages) + 1):
+    for number in sorted({r["stage"] for r in rows}):
         per_group = {}
         for group in dict.fromkeys(r["group"] for r in rows):
             sel = [r for r in rows if r["stage"] == number and r["group"] == group]
             methods = {}
             for method in dict.fromkeys(r["method"] for r in sel):
                 m = [r for r in sel if r["method"] == method]
-                methods[method] = {k: float(np.mean([r[k] for r in m])) for k in REFINEMENT_METRICS + ("seconds",)}
-                methods[method]["steps"] = m[0]["steps"]
-            if "trilinear" in methods:
-                gain = [
-                    a["psnr_hu"] - b["psnr_hu"]
-                    for a in sel
-                    if a["method"] == "model"
-                    for b in sel
-                    if b["method"] == "trilinear" and b["case_id"] == a["case_id"]
-                ]
+                keys = REFINEMENT_METRICS + (("seconds",) if all("seconds" in r for r in m) else ())
+                methods[method] = {k: float(np.mean([r[k] for r in m])) for k in keys}
+                methods[method]["steps"] = m[0].get("steps")
+            tri = {r["case_id"]: r["psnr_hu"] for r in sel if r["method"] == "trilinear"}
+            gain = [r["psnr_hu"] - tri[r["case_id"]] for r in sel if r["method"] == "model" and r["case_id"] in tri]
+            if gain:
                 methods["gain_db"] = {"mean": float(np.mean(gain)), "min": float(np.min(gain))}
                 methods["cases_worse_by_0.5dB"] = int(sum(g < -0.5 for g in gain))
             per_group[group] = methods
         summary["stages"][str(number)] = per_group
-    summary.update(extra or {})
-    if out_dir is not None:
-        save_report(rows, summary, out_dir)
-    return summary, rows
+    return summary
+
+
+def score_stage_files(case_dir, case_id: str, group: str, load, window=(-200.0, 200.0)) -> list[dict]:
+    """Per-stage rows, as :func:`evaluate_cascade` makes them, of the files one chained inference run wrote:
+    ``ct_stage<k>.nii.gz`` (or ``ct.nii.gz`` when stage 1 ran alone) against the truth at each stage's size
+    (``load(volume_size) -> ct_hu``), and from stage 2 on trilinear upsampling of the previous stage's file."""
+    import torch.nn.functional as F
+    from monai.transforms import LoadImage
+
+    from custom.core.metrics import refinement_metrics
+
+    case = Path(case_dir)
+    files = sorted(case.glob("ct_stage*.nii.gz"), key=lambda p: int(p.name[len("ct_stage") : -len(".nii.gz")]))
+    files = files or [case / "ct.nii.gz"]
+    read = LoadImage(image_only=True)
+    rows, prev = [], None
+    for number, path in enumerate(files, start=1):
+        vol = torch.as_tensor(read(str(path))).float()
+        d = vol.shape[-1]
+        gt = load(d)
+        base = {"case_id": case_id, "group": group, "stage": number, "volume": d}
+        if prev is not None:
+            up = F.interpolate(prev[None, None], size=(d,) * 3, mode="trilinear", align_corners=False)[0, 0]
+            rows.append({**base, "method": "trilinear", **refinement_metrics(up, gt, window)})
+        rows.append({**base, "method": "model", **refinement_metrics(vol, gt, window)})
+        prev = vol
+    return rows

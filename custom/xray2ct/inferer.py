@@ -148,8 +148,9 @@ class CascadeInferer(Inferer):
         run: which stages run, ``"1"``, ``"1-2"`` or ``"1-3"``.
 
     After a call, ``outputs`` holds each stage's mean CT (window units), ``seconds`` each stage's wall time and
-    ``last_std`` the final stage's spread. ``on_stage_end(number, stage, seconds)``, when set, is called after each
-    stage (the benchmark reads memory there).
+    ``last_std`` the spread of the last stage that drew several samples (``std_stage``), upsampled to the final grid:
+    a stage drawing one sample has no spread of its own. ``on_stage_end(number, stage, seconds)``, when set, is
+    called after each stage (the benchmark reads memory there).
     """
 
     def __init__(self, stages, run="1-3"):
@@ -159,6 +160,7 @@ class CascadeInferer(Inferer):
         self.outputs: list[torch.Tensor] = []
         self.seconds: list[float] = []
         self.last_std: torch.Tensor | None = None
+        self.std_stage = 0
         self.on_stage_end = None
 
     def __call__(self, inputs: torch.Tensor, network=None, *args, **kwargs) -> torch.Tensor:
@@ -166,7 +168,7 @@ class CascadeInferer(Inferer):
 
         import torch.nn.functional as F
 
-        prev, self.outputs, self.seconds = None, [], []
+        prev, self.outputs, self.seconds, self.last_std, self.std_stage = None, [], [], None, 0
         for number in self.run:
             start = time.perf_counter()
             stage = self.stages[number - 1]
@@ -182,7 +184,13 @@ class CascadeInferer(Inferer):
                 torch.cuda.synchronize(prev.device)  # the time of the work, not of its launch
             self.outputs.append(prev)
             self.seconds.append(time.perf_counter() - start)
-            self.last_std = inferer.last_std
+            if inferer.num_samples > 1 or self.last_std is None:
+                self.last_std, self.std_stage = inferer.last_std, number
+            elif self.last_std.shape[-1] != prev.shape[-1]:
+                # a stage that draws one sample has no spread of its own: carry the last measured one onto its grid
+                self.last_std = F.interpolate(
+                    self.last_std, size=prev.shape[-3:], mode="trilinear", align_corners=False
+                )
             if self.on_stage_end is not None:
                 self.on_stage_end(number, stage, self.seconds[-1])
         return prev

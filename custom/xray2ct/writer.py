@@ -123,6 +123,12 @@ class ReconstructionWriter:
                     "inputs": intake_record(info),
                     **({"dicom": dicom} if dicom else {}),
                     **({"stage_outputs": [f"ct_stage{n}.nii.gz" for n in range(1, len(stages) + 1)]} if stages else {}),
+                    **({"stage_seconds": [round(t, 2) for t in self.inferer.seconds]} if stages else {}),
+                    **(
+                        {"uncertainty_from_stage": self.inferer.std_stage}
+                        if getattr(self.inferer, "std_stage", 0)
+                        else {}
+                    ),
                     **self.settings,
                 },
                 case / "ct.json",

@@ -42,6 +42,9 @@ TINY_CASCADE = {
     "num_inference_steps": 2,
     "num_samples": 2,
 }
+# the cascade's later stages keep their real networks (128^3, 256^3 on 64^3 tiles) with fresh weights, sampled as
+# briefly as they can be: one DDIM step, one sample, tiles without overlap (64 for stage 3 instead of 125)
+TINY_LATER_STAGES = {"num_inference_steps": 1, "num_samples": 1, "overlap": 0.0}
 TINY_REFINER = {"channels": [4, 8, 8, 8]}
 CT_REFINER_CONFIG = {
     "imports": ["$import torch"],
@@ -77,16 +80,35 @@ def _save_fresh_weights(bundle: Path) -> None:
     torch.save(net.state_dict(), bundle / "models" / "model.pt")
 
 
+def _save_fresh_stage_weights(bundle: Path) -> None:
+    """Fresh weights for the cascade's stages 2 and 3, at their config's ``ckpt_path`` (the shipped file names)."""
+    from custom.xray2ct.patch_network import PatchDenoiser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    for n in (2, 3):
+        torch.manual_seed(n)
+        net = PatchDenoiser(**parser.get_parsed_content(f"stage{n}#network"))
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+        torch.save(net.state_dict(), parser.get_parsed_content(f"stage{n}#ckpt_path"))
+
+
 def _tiny_bundles(dest: Path, with_weights=("mask_refiner_2d", "xray2ct_cascade_diffusion", "ct_detail_refinement")):
     for name in ("mask_refiner_2d", "xray2ct_cascade_diffusion"):
         shutil.copytree(ROOT / "bundles" / name / "configs", dest / name / "configs")
     _edit_json(dest / "mask_refiner_2d" / "configs" / "inference.json", TINY_REFINER)
     _edit_json(dest / "mask_refiner_2d" / "configs" / "train.json", TINY_REFINER)
-    _edit_json(dest / "xray2ct_cascade_diffusion" / "configs" / "inference.json", TINY_CASCADE)
+    cascade = dest / "xray2ct_cascade_diffusion" / "configs" / "inference.json"
+    cfg = _edit_json(cascade, TINY_CASCADE)
+    _edit_json(cascade, {f"stage{n}": dict(cfg[f"stage{n}"], **TINY_LATER_STAGES) for n in (2, 3)})
     (dest / "ct_detail_refinement" / "configs").mkdir(parents=True)
     (dest / "ct_detail_refinement" / "configs" / "inference.json").write_text(json.dumps(CT_REFINER_CONFIG))
     for name in with_weights:
         _save_fresh_weights(dest / name)
+    if "xray2ct_cascade_diffusion" in with_weights:
+        _save_fresh_stage_weights(dest / "xray2ct_cascade_diffusion")
     return dest
 
 
@@ -273,6 +295,7 @@ def test_ct_refiner_returns_hu_on_the_input_grid_and_registers_it(client, data):
         ("xray2ct", "frontal", {"lateral": "nope"}, None, 404, "nope"),
         ("xray2ct", "chest", {"lateral": "lateral"}, None, 422, "2D"),
         ("xray2ct", "frontal", {"lateral": "lateral", "num_inference_steps": "many"}, None, 400, "integer"),
+        ("xray2ct", "frontal", {"lateral": "lateral", "stages": "2-3"}, None, 400, "stages must be one of 1, 1-2, 1-3"),
         ("mask_refiner", "chest", {}, None, 422, "2D"),
         ("mask_refiner", "frontal", {}, None, 400, "coarse"),
         ("ct_refiner", "frontal", {}, None, 422, "CT"),
@@ -571,6 +594,74 @@ def test_real_server_keeps_answering_during_inference_and_serves_concurrent_requ
     infer(1, "busy_ct_1_alone")  # the same seed alone: the concurrent answer was this request's own CT
     assert results["busy_ct_1_alone"][0] == 200
     np.testing.assert_array_equal(np.asarray(_nifti(results["busy_ct_1_alone"][1]).dataobj), one)
+
+
+def test_real_server_chains_the_cascade_to_stage_3_on_request_and_refuses_stages_that_do_not_exist(server, data):
+    """``stages`` "1-3" returns stage 3's 256^3 CT (1.25 mm voxels over the 320 mm cube), stored with its uncertainty
+    map, the stages recorded in the answer and in the datastore; "2-3" is a 400 that lists what may be asked for."""
+    import requests
+    from monailabel.client import MONAILabelClient
+
+    from custom.core.transforms import cube_affine
+
+    info = requests.get(f"{server}/info/", timeout=30).json()
+    assert info["models"]["xray2ct"]["config"]["stages"] == ""  # clients see the parameter; empty: the bundle's
+    for image_id, key in (("chain_pa", "frontal"), ("chain_lat", "lateral")):
+        with open(data[key], "rb") as f:
+            assert requests.put(f"{server}/datastore/image?image={image_id}", files={"file": f}, timeout=30).ok
+    (data["tmp"] / "client_chain").mkdir()
+    client = MONAILabelClient(server, tmpdir=str(data["tmp"] / "client_chain"))
+    request = {"lateral": "chain_lat", "stages": "1-3", "num_inference_steps": 1, "num_samples": 1}
+    ct_file, params = client.infer("xray2ct", "chain_pa", request)
+    ct = nib.load(ct_file)
+    assert ct.shape == (256, 256, 256) and ct.get_data_dtype() == np.float32
+    np.testing.assert_allclose(ct.affine, cube_affine(256, 320.0), atol=1e-4)
+    np.testing.assert_allclose(ct.header.get_zooms(), (1.25, 1.25, 1.25))
+    hu = np.asarray(ct.dataobj)
+    assert np.isfinite(hu).all() and hu.min() >= -200 and hu.max() <= 200 and hu.std() > 0
+    assert params["stages"] == "1-3" and params["shape"] == [256] * 3 and params["voxel_spacing_mm"] == 1.25
+    assert params["stage_shapes"] == [[16] * 3, [128] * 3, [256] * 3]  # the tiny stage 1, then the real stages
+    store = requests.get(f"{server}/datastore/?output=all", timeout=30).json()["objects"]
+    assert store["chain_pa_ct"]["image"]["info"]["stages"] == "1-3"
+    unc = _nifti(requests.get(f"{server}/datastore/image?image=chain_pa_ct_uncertainty", timeout=60).content)
+    assert unc.shape == (256, 256, 256)
+
+    r = requests.post(
+        f"{server}/infer/xray2ct?image=chain_pa&output=image",
+        data={"params": json.dumps(dict(request, stages="2-3", ct_id="never_written"))},
+        timeout=60,
+    )
+    assert r.status_code == 400, r.text
+    detail = r.json()["detail"]
+    assert "stages must be one of 1, 1-2, 1-3" in detail and "'2-3'" in detail, detail
+    assert "never_written" not in requests.get(f"{server}/datastore/?output=all", timeout=30).json()["objects"]
+    assert requests.get(f"{server}/info/", timeout=10).status_code == 200  # still serving
+
+
+def test_stages_whose_weights_the_bundle_lacks_are_a_400_that_names_no_server_path(data, tmp_path):
+    """A bundle with stage 2's weights but not stage 3's (a deployment that copied only some): "1-3" is refused
+    before any file is read or network built, and says which stages can be run; "1-2" is not refused."""
+    sys.path.insert(0, str(APP_DIR))
+    try:
+        from lib.infers import XRayToCTInfer
+    finally:
+        sys.path.remove(str(APP_DIR))
+    from fastapi import HTTPException
+    from monailabel.datastore.local import LocalDatastore
+
+    bundles = _tiny_bundles(tmp_path / "bundles", with_weights=("xray2ct_cascade_diffusion",))
+    bundle = bundles / "xray2ct_cascade_diffusion"
+    (bundle / "models" / "model_stage3.pt").unlink()
+    store = LocalDatastore(str(tmp_path / "studies"), extensions=["*.nii.gz"])
+    task = XRayToCTInfer(bundle, store, "cpu", [bundle / "models" / "model.pt"])
+    with pytest.raises(HTTPException) as e:
+        task({"image": str(data["frontal"]), "lateral": "nope", "stages": "1-3"})
+    assert e.value.status_code == 400
+    assert "stage 3 (models/model_stage3.pt)" in e.value.detail and "'1' to '1-2'" in e.value.detail
+    assert str(tmp_path) not in e.value.detail
+    with pytest.raises(HTTPException) as e:  # past the stage check: the lateral id is looked up next
+        task({"image": str(data["frontal"]), "lateral": "nope", "stages": "1-2"})
+    assert e.value.status_code == 404 and "nope" in e.value.detail
 
 
 def _listing(*folders: Path) -> dict:

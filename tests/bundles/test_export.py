@@ -34,6 +34,10 @@ def test_export_is_reproducible_and_complete(bundle, tmp_path):
     names = zipfile.ZipFile(first).namelist()
     for rel in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "LICENSE", "docs/README.md"):
         assert f"{bundle}/{rel}" in names
+    for weights in (ROOT / "bundles" / bundle / "models").glob("*.pt"):  # every weights file the bundle ships
+        assert f"{bundle}/models/{weights.name}" in names, weights.name
+    if bundle == "xray2ct_cascade_diffusion":  # --stages 1-2 / 1-3 of the exported bundle need these
+        assert {f"{bundle}/models/model_stage2.pt", f"{bundle}/models/model_stage3.pt"} <= set(names)
     assert f"{bundle}/configs/drr_geometry.json" in names  # read by custom.core.physics at run time
     assert f"{bundle}/custom/core/physics/projector.py" in names
     assert not [n for n in names if "__pycache__" in n or "/runs/" in n or n.endswith(".pyc")]

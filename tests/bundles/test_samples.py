@@ -288,3 +288,45 @@ def test_mask_refiner_writes_a_dicom_segmentation_of_a_dicom_image(tmp_path):
     # a PNG image has no header to file a segmentation under: PNGs only
     _run(root, "--output_dir", tmp_path / "png", cwd=_elsewhere(tmp_path / "out"))
     assert not list((tmp_path / "png").glob("*.dcm"))
+
+
+def test_full_cascade_1_to_3_runs_on_the_sample_outside_the_repository_and_from_the_exported_zip(tmp_path):
+    """Covers both the run from a working directory that is not the repository and the run of the exported zip: the
+    zip carries every stage's weights, and ``--stages 1-3`` from it, with its code only, turns the sample X-rays into
+    a 256^3 CT (1.25 mm voxels over the 320 mm cube), each stage's CT on its own grid and the stages in ct.json.
+
+    One DDIM step and one sample per stage, and tiles without overlap (64 for stage 3 instead of 125): the chain,
+    not the sampling schedule, is under test (about a minute on 2 CPU cores)."""
+    from custom.core.transforms import cube_affine
+
+    proc = run_cli("export-bundle", BUNDLES / CASCADE, tmp_path / "dist")
+    assert proc.returncode == 0, proc.stderr
+    (archive,) = (tmp_path / "dist").glob("*.zip")
+    with zipfile.ZipFile(archive) as zf:
+        names = set(zf.namelist())
+        for weights in ("model.pt", "model_stage2.pt", "model_stage3.pt"):
+            assert f"{CASCADE}/models/{weights}" in names, f"{weights} is not exported"
+        zf.extractall(tmp_path / "unzipped")
+    root = tmp_path / "unzipped" / CASCADE
+    cwd = _elsewhere(tmp_path)
+    args = ["--frontal_path", root / "sample" / "frontal.nii.gz", "--lateral_path", root / "sample" / "lateral.nii.gz"]
+    args += ["--output_dir", tmp_path / "out", "--stages", "1-3", "--num_inference_steps", 1, "--num_samples", 1]
+    for n in (2, 3):
+        args += [f"--stage{n}#num_inference_steps", 1, f"--stage{n}#num_samples", 1, f"--stage{n}#overlap", 0]
+    # -S and the isolated environment: the code comes from the zip only, as on a machine without the repository
+    _run(root, *args, cwd=cwd, env=_isolated_env(), flags=["-S"])
+    assert not list(cwd.iterdir()), "the run wrote into the working directory"
+    (case,) = (tmp_path / "out").iterdir()
+    expected = {"ct": 256, "uncertainty": 256, "ct_stage1": 64, "ct_stage2": 128, "ct_stage3": 256}
+    for name, size in expected.items():
+        img = nib.load(str(case / f"{name}.nii.gz"))
+        assert img.shape == (size,) * 3, name
+        np.testing.assert_allclose(img.affine, cube_affine(size, 320.0), atol=1e-4, err_msg=name)
+        assert np.isfinite(np.asarray(img.dataobj)).all(), name
+    np.testing.assert_allclose(nib.load(str(case / "ct.nii.gz")).header.get_zooms(), (1.25,) * 3)
+    hu = np.asarray(nib.load(str(case / "ct.nii.gz")).dataobj)
+    assert hu.min() >= -200 and hu.max() <= 200 and hu.std() > 0
+    np.testing.assert_array_equal(hu, np.asarray(nib.load(str(case / "ct_stage3.nii.gz")).dataobj))
+    record = json.loads((case / "ct.json").read_text())
+    assert record["stages"] == "1-3" and record["voxel_spacing_mm"] == 1.25
+    assert record["stage_outputs"] == ["ct_stage1.nii.gz", "ct_stage2.nii.gz", "ct_stage3.nii.gz"]

@@ -167,3 +167,29 @@ def test_the_per_stage_evaluation_scores_each_stage_against_its_real_previous_st
     assert stage2["gain_db"]["min"] == pytest.approx(model["psnr_hu"] - tri["psnr_hu"])
     assert json.loads((tmp_path / "summary.json").read_text())["stages"]["2"]["phantoms"]["model"]["steps"] == 2
     assert "not teacher-forced" in summary["previous_stage"]
+
+
+def test_every_shipped_cascade_stage_loads_strictly():
+    """Stages 2 and 3 as inference.json builds them take the shipped weights strictly, and the network that
+    train_stage<n>.json (layered on train.json) trains is the same one: a retrained stage fits inference unchanged."""
+    from pathlib import Path
+
+    from conftest import ROOT
+
+    from custom.core.bundle import load_weights, make_parser, read_bundle_config
+
+    bundle = ROOT / "bundles" / "xray2ct_cascade_diffusion"
+    inference = make_parser(read_bundle_config(bundle), bundle)
+    keys = ("volume_size", "lift_grid", "channels", "hidden_size", "vit_depth", "num_heads")
+    for n, size in ((2, 128), (3, 256)):
+        kwargs = inference.get_parsed_content(f"stage{n}#network")
+        ckpt = Path(inference.get_parsed_content(f"stage{n}#ckpt_path"))
+        assert ckpt == bundle / "models" / f"model_stage{n}.pt" and ckpt.is_file(), ckpt
+        assert kwargs["volume_size"] == size
+        net = load_weights(PatchDenoiser(**kwargs), ckpt)  # strict: every key, every shape
+        assert net.volume_size == size
+        train = make_parser(read_bundle_config(bundle, ["train.json", f"train_stage{n}.json"]), bundle)
+        assert train.get_parsed_content("stage") == n
+        trained = {k: train.get_parsed_content(f"network_def#{k}") for k in keys}
+        assert trained == {k: kwargs[k] for k in keys}, f"stage {n}: train_stage{n}.json builds another network"
+        assert train["network_def"]["_target_"] == "custom.xray2ct.patch_network.PatchDenoiser"

@@ -34,6 +34,7 @@ from custom.core.io import load_array, save_nifti, save_png
 from custom.core.transforms import cube_affine, finer_affine, hu_to_window, preprocess_ct, window_to_hu
 from custom.core.xray import intake_record, load_xray
 from custom.mask_refiner.data import MASK_THRESHOLD, make_channels
+from custom.xray2ct.inferer import parse_stages
 
 from .bundles import WEIGHTS, CachedNetwork, metadata
 from .guards import check_id
@@ -304,14 +305,17 @@ class XRayToCTInfer(LocalBundleTask):
     mean CT in HU on the bundle's cube (``cube_mm``/``volume_size`` mm voxels, RAS) and the voxelwise standard
     deviation over the samples, and adds both to the datastore as new images (``<frontal id>_ct`` and
     ``<frontal id>_ct_uncertainty``, or ``ct_id`` from params), so viewers open them as volumes. The response's file
-    is the CT. Params: ``num_inference_steps``, ``num_samples``, ``seed``.
+    is the CT. Params: ``num_inference_steps``, ``num_samples``, ``seed`` (stage 1's sampling) and ``stages``
+    (``"1"``, ``"1-2"`` or ``"1-3"``; empty: the bundle's own ``stages`` setting), which chains the cascade's
+    super-resolution stages: ``"1-3"`` returns the 256^3 CT of stage 3 (1.25 mm voxels), each later stage sampled
+    with its own settings from the bundle's ``stage2``/``stage3``.
     """
 
     name = "xray2ct"
     id_params = ("lateral", "ct_id")
     dimension = 2
     description = "Reconstructs a CT (HU) from a frontal and a lateral X-ray (bundle xray2ct_cascade_diffusion)"
-    defaults = {"lateral": "", "num_inference_steps": 0, "num_samples": 0, "seed": 0}
+    defaults = {"lateral": "", "num_inference_steps": 0, "num_samples": 0, "seed": 0, "stages": ""}
 
     # on a DICOMweb datastore the task finds its input files itself: the request may name a study (lib/dicomweb.py)
     picks_own_images = True
@@ -320,6 +324,7 @@ class XRayToCTInfer(LocalBundleTask):
         frontal_id = request.get("image_id") or "uploaded"
         ct_id = check_id(request.get("ct_id") or f"{frontal_id}_ct", "ct_id")
         check_id(f"{ct_id}_uncertainty", "the uncertainty map's id (ct_id + '_uncertainty')")
+        stages = self._stages(request)  # before any file is read: a bad value costs nothing
         pick_views = getattr(self.datastore, "pick_views", None)
         views = None
         if pick_views is not None:  # radiographs on a DICOMweb server, downloaded as DICOM with every tag
@@ -334,7 +339,7 @@ class XRayToCTInfer(LocalBundleTask):
         for key, path in (("frontal", frontal), ("lateral", lateral)):
             load_xray(path)  # a clear error for a corrupt or 3D file before the bundle's transforms wrap it
         cfg = self.bundle_config
-        overrides = {"inferer#progress": False}
+        overrides = {"inferer#progress": False, "stages": stages}
         for key, hi in (("num_inference_steps", 1000), ("num_samples", 64)):
             default = int(cfg.get(key, 1))
             value = request.get(key) or default  # 0 (the advertised config value) means the bundle's setting
@@ -342,7 +347,7 @@ class XRayToCTInfer(LocalBundleTask):
         overrides["seed"] = _int_param(request, "seed", int(cfg.get("seed", 0)), 0, 2**31 - 1)
         parser = make_parser(cfg, self.bundle_dir, overrides)
         preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
-        # the bundle's run: stage 1 alone, or the chain its ``stages`` setting asks for
+        # the bundle's run: stage 1 alone, or the chain ``stages`` asks for (later stages' weights loaded strictly)
         inferer = parser.get_parsed_content("cascade", instantiate=True)
         window = [float(w) for w in parser.get_parsed_content("window")]
         cube_mm = float(parser.get_parsed_content("cube_mm"))
@@ -373,6 +378,7 @@ class XRayToCTInfer(LocalBundleTask):
                 "num_inference_steps": overrides["num_inference_steps"],
                 "num_samples": overrides["num_samples"],
                 "seed": overrides["seed"],
+                "stages": stages,
                 "warnings": inputs["warnings"],
             }
             if views is not None:
@@ -396,12 +402,43 @@ class XRayToCTInfer(LocalBundleTask):
             "num_inference_steps": overrides["num_inference_steps"],
             "num_samples": overrides["num_samples"],
             "seed": overrides["seed"],
+            "stages": stages,
             "inputs": inputs,
         }
+        if len(getattr(inferer, "outputs", [])) > 1:  # a chain: the shape of each stage's CT
+            params["stage_shapes"] = [[int(s) for s in out.shape[-3:]] for out in inferer.outputs]
         if views is not None:
             params.update(views.info())
             params["study_instance_uid"] = self.datastore.dicom_study(sources).attributes.get("StudyInstanceUID", "")
         return out, params
+
+    def _stages(self, request) -> str:
+        """The cascade stages to run, ``"1"``, ``"1-2"`` or ``"1-3"``: the request's ``stages`` or the bundle's own
+        setting. 400 for a value :func:`parse_stages` refuses, or for a stage whose weights the bundle lacks (before
+        any file is read; the message names the file inside the bundle, never a server path)."""
+        later = self.bundle_config.get("cascade", {}).get("later", [])
+        value = request.get("stages")
+        value = self.bundle_config.get("stages", "1") if value in (None, "") else value
+        try:
+            numbers = parse_stages(value, 1 + len(later))
+        except InputError as e:
+            raise HTTPException(400, str(e)) from None
+        stages = "1" if numbers == [1] else f"1-{numbers[-1]}"
+        parser = make_parser(self.bundle_config, self.bundle_dir)
+        for number in numbers[1:]:
+            ckpt = Path(parser.get_parsed_content(f"stage{number}#ckpt_path"))
+            if not ckpt.is_file():
+                try:
+                    where = ckpt.resolve().relative_to(self.bundle_dir.resolve()).as_posix()
+                except ValueError:
+                    where = f"stage{number}#ckpt_path"
+                earlier = "'1'" if number == 2 else f"'1' to '1-{number - 1}'"
+                raise HTTPException(
+                    400,
+                    f"stages {stages!r} needs the weights of stage {number} ({where}), which the bundle "
+                    f"{self.bundle_dir.name} on this server does not have; ask for stages {earlier}",
+                )
+        return stages
 
 
 class CTDetailInfer(LocalBundleTask):
