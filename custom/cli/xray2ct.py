@@ -233,6 +233,7 @@ class XRayToCTCommands:
             stages: the stages to run: 1, 1-2 or 1-3.
             overrides: JSON dict of further inference.json overrides (e.g. '{"stage3#num_inference_steps": 2}').
         """
+        import shutil
         import time
 
         import torch
@@ -276,7 +277,11 @@ class XRayToCTCommands:
                 print(f"note: the real chest CT is skipped ({e})", file=sys.stderr)
         if not any(sources.rglob("*.nii.gz")):
             raise InputError("nothing to reconstruct: give --count >= 1 or --real True")
+        for stale in sources.glob("phantom_*.nii.gz"):  # a phantom of an earlier run with a larger --count
+            if int(stale.name[len("phantom_") : -len(".nii.gz")]) >= 100000 + count:
+                stale.unlink()
         prepared = out / "data" / "prepared"
+        shutil.rmtree(prepared, ignore_errors=True)  # prepare keeps finished cases: they may be of another size
         prepare_dataset(sources, prepared, size=size, split="test", progress=False)
         print(f"inputs ready: {prepared / 'datalist.json'} ({time.perf_counter() - t0:.0f} s)")
 

@@ -210,6 +210,13 @@ def phantom_affine(size: int, fov: float = 320.0):
     return cube_affine(size, fov)
 
 
+def _stored_size(path) -> tuple:
+    """Voxel shape of a stored phantom, from its header only."""
+    import nibabel as nib
+
+    return tuple(int(n) for n in nib.load(str(path)).shape[:3])
+
+
 def write_phantoms(out_dir, count: int = 8, size: int = 128, seed: int = 0, fov: float = 320.0, progress=True):
     """Write ``count`` phantoms (seeds ``seed`` .. ``seed + count - 1``) as ``phantom_<seed>.nii.gz`` in HU.
 
@@ -228,7 +235,7 @@ def write_phantoms(out_dir, count: int = 8, size: int = 128, seed: int = 0, fov:
     paths = []
     for s in tqdm(range(int(seed), int(seed) + int(count)), desc="phantoms", unit="ct", disable=not progress):
         path = out / f"phantom_{s:05d}.nii.gz"
-        if not path.is_file():
+        if not path.is_file() or _stored_size(path) != (int(size),) * 3:  # a file of another size is redone
             vol = chest_phantom(s, size, fov)
             save_nifti(vol.numpy(), phantom_affine(size, fov), path, dtype=np.int16, description=f"phantom {s}")
         paths.append(path)

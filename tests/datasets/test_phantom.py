@@ -94,3 +94,14 @@ def test_write_phantoms_writes_int16_hu_and_resumes(tmp_path):
     assert [p.read_bytes() for p in first] == contents
     assert second[2].stat().st_mtime > old
     assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in second]  # no temporary files
+
+
+def test_a_stored_phantom_of_another_size_is_written_again(tmp_path):
+    import nibabel as nib
+
+    from custom.datasets.phantom import write_phantoms
+
+    (path,) = write_phantoms(tmp_path, count=1, size=16, progress=False)
+    assert nib.load(str(path)).shape == (16, 16, 16)
+    (path,) = write_phantoms(tmp_path, count=1, size=24, progress=False)
+    assert nib.load(str(path)).shape == (24, 24, 24)
