@@ -283,18 +283,30 @@ def test_the_eval_folder_the_docs_write_to_is_git_ignored(tmp_path):
 
 
 def test_demo_reconstructs_held_out_phantoms_with_the_shipped_weights(tmp_path):
-    """The README's main command, at 2 DDIM steps and one phantom: CT, uncertainty, PNGs and metrics are written."""
+    """The README's main command, at 2 DDIM steps, one phantom and stages 1-2 (the whole chain, 1-3, runs in
+    tests/bundles/test_samples.py): every stage's CT, uncertainty, PNGs and per-stage metrics are written."""
     import json
 
     out = tmp_path / "demo"
-    proc = run_cli("demo", "--out_dir", out, "--count", 1, "--real", "False", "--steps", 2, "--num_samples", 2)
+    proc = run_cli(
+        "demo", "--out_dir", out, "--count", 1, "--real", "False", "--steps", 2, "--num_samples", 2,
+        "--stages", "1-2", "--overrides", '{"stage2#num_inference_steps": 1, "stage2#overlap": 0}',
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     case = out / "phantom_100000"
-    for name in ("ct.nii.gz", "uncertainty.nii.gz", "comparison.png", "ct.json"):
+    for name in (
+        "ct.nii.gz",
+        "ct_stage1.nii.gz",
+        "ct_stage2.nii.gz",
+        "uncertainty.nii.gz",
+        "comparison.png",
+        "ct.json",
+    ):
         assert (case / name).is_file(), name
+    assert nib.load(str(case / "ct_stage1.nii.gz")).shape == (64, 64, 64)
     ct = nib.load(str(case / "ct.nii.gz"))
-    assert ct.shape == (64, 64, 64) and ct.get_data_dtype() == np.float32
-    np.testing.assert_allclose(ct.affine, phantom_affine(64), atol=1e-4)  # same cube as the truth: they overlay
+    assert ct.shape == (128, 128, 128) and ct.get_data_dtype() == np.float32
+    np.testing.assert_allclose(ct.affine, phantom_affine(128), atol=1e-4)  # same cube as the truth: they overlay
     hu = np.asarray(ct.dataobj)
     assert -200 <= hu.min() < hu.max() <= 200 and hu.std() > 20
     unc = np.asarray(nib.load(str(case / "uncertainty.nii.gz")).dataobj)
@@ -303,6 +315,9 @@ def test_demo_reconstructs_held_out_phantoms_with_the_shipped_weights(tmp_path):
     assert summary["cases"] == 1 and "data range 400" in summary["convention"]
     assert 5 < summary["model"]["psnr_hu"] < 60 and 0 < summary["model"]["ssim"] <= 1
     assert (out / "metrics.csv").read_text().count("phantom_100000") == 1
+    stage2 = summary["per_stage"]["2"]["phantoms"]  # stage 2 next to trilinear upsampling of stage 1's output
+    assert {"model", "trilinear", "gain_db"} <= set(stage2)
+    assert stage2["gain_db"]["mean"] == pytest.approx(stage2["model"]["psnr_hu"] - stage2["trilinear"]["psnr_hu"])
     overview = np.asarray(Image.open(out / "overview.png"))
     assert overview.ndim == 2 and overview.shape[1] > 4 * overview.shape[0] and overview.std() > 10
     assert "PSNR" in proc.stdout and "convention" in proc.stdout
