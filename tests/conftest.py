@@ -189,3 +189,34 @@ def tiny_cascade_trainer(physics: float = 0.0):
         physics_loss=DRRConsistencyLoss("parallel"),
         ssim_win_size=3,
     )
+
+
+# a tiny cascade stage 1 (CascadeDenoiser keyword arguments), for tests that need a frozen cascade behind a refiner
+TINY_CASCADE = {
+    "volume_size": 16,
+    "token_grid": 2,
+    "channels": [8, 8, 8],
+    "hidden_size": 24,
+    "vit_depth": 1,
+    "num_heads": 2,
+    "geometry": "x2ctgan",
+}
+
+
+def run_workflow(configs_dir, configs, workflow_type, bundle_root, **overrides):
+    """Run a bundle's ``configs`` (names in ``configs_dir``, layered in order) in-process through MONAI's
+    ``ConfigWorkflow`` with ``overrides``; returns the finished workflow."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=[str(Path(configs_dir) / c) for c in configs],
+        meta_file=str(Path(configs_dir) / "metadata.json"),
+        logging_file=str(Path(configs_dir) / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(bundle_root),
+        **overrides,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf

@@ -8,6 +8,7 @@ and a generated 2D image with a coarse probability map. Needs monailabel (apps/m
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -450,31 +451,38 @@ def server(data):
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", str(studies)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--conf", "bundles", str(data["bundles"])]
     cmd += ["--conf", "model_dir", str(data["tmp"] / "model_server"), "--conf", "cors_origins", VIEWER_ORIGIN]
-    log = open(data["tmp"] / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data["tmp"])
-    url = f"http://127.0.0.1:{port}"
+    with serving(cmd, env, data["tmp"], data["tmp"] / "server.log", port) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(cmd: list, env: dict, cwd, log_path, port: int):
+    """Start ``monailabel start_server`` (``cmd``), wait until its ``/info/`` answers on ``port``, yield its URL,
+    and stop it afterwards; its output goes to ``log_path``, whose end is shown if it dies while starting."""
     import requests
 
-    try:
-        deadline = time.time() + 90
-        while True:
-            assert proc.poll() is None, (data["tmp"] / "server.log").read_text()[-3000:]
-            try:
-                if requests.get(f"{url}/info/", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.time() < deadline, "the server did not answer within 90 s"
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            deadline = time.time() + 90
+            while True:
+                assert proc.poll() is None, Path(log_path).read_text()[-3000:]
+                try:
+                    if requests.get(f"{url}/info/", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert time.time() < deadline, "the server did not answer within 90 s"
+                time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def test_real_server_through_the_monailabel_client(server, data, tmp_path):

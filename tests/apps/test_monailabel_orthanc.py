@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -24,7 +23,7 @@ import pytest
 
 pytest.importorskip("monailabel")
 
-from test_monailabel_app import APP_DIR, ROOT, _free_port, _tiny_bundles  # noqa: E402
+from test_monailabel_app import APP_DIR, ROOT, _free_port, _tiny_bundles, serving  # noqa: E402
 
 
 def _load(name):
@@ -91,8 +90,6 @@ def studies(orthanc):
 @pytest.fixture(scope="module")
 def label_server(orthanc, tmp_path_factory):
     """``monailabel start_server`` over Orthanc's DICOMweb on a free loopback port; stopped by its PID afterwards."""
-    import requests
-
     tmp = tmp_path_factory.mktemp("monailabel_orthanc")
     bundles = _tiny_bundles(tmp / "bundles")
     port = _free_port()
@@ -106,30 +103,8 @@ def label_server(orthanc, tmp_path_factory):
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR)]
     cmd += ["--studies", orthanc.dicomweb, "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--conf", "bundles", str(bundles), "--conf", "models", "xray2ct,ct_refiner"]
-    log_path = tmp / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            try:
-                if requests.get(f"{url}/info/", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.time() < deadline, "the server did not answer within 90 s"
-            time.sleep(0.5)
-        yield {"url": url, "log": log_path, "cache": tmp / "cache", "tmp": tmp}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with serving(cmd, env, tmp, tmp / "server.log", port) as url:
+        yield {"url": url, "log": tmp / "server.log", "cache": tmp / "cache", "tmp": tmp}
 
 
 def _xray2ct(server, image, params=None, tmp=None):

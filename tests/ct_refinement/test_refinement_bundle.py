@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_cli, tensorboard_files_without_data
+from conftest import ROOT, TINY_CASCADE, run_cli, run_workflow, tensorboard_files_without_data
 
 from custom.core.errors import InputError
 from custom.xray2ct.network import CascadeDenoiser
@@ -27,32 +27,11 @@ TINY_B = {
     "frequency_bins": 4,
     "num_workers": 0,
 }
-CASCADE = {
-    "volume_size": 16,
-    "token_grid": 2,
-    "channels": [8, 8, 8],
-    "hidden_size": 24,
-    "vit_depth": 1,
-    "num_heads": 2,
-    "geometry": "x2ctgan",
-}
+CASCADE = TINY_CASCADE
 
 
 def _run(configs, workflow_type, bundle_root, **overrides):
-    from monai.bundle import ConfigWorkflow
-
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / c) for c in configs],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type=workflow_type,
-        bundle_root=str(bundle_root),
-        **overrides,
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    return wf
+    return run_workflow(CONFIGS, configs, workflow_type, bundle_root, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, TINY_CASCADE, run_cli, run_workflow
 
 from custom.core.errors import InputError
 from custom.core.io import save_nifti
@@ -20,15 +20,7 @@ BUNDLE = ROOT / "bundles" / "ct_detail_refinement"
 CONFIGS = BUNDLE / "configs"
 SR = {"volume_size": 32, "channels": [4, 4, 4], "num_blocks": [1, 1, 1], "tile_size": 4, "tile_batch_size": 4}
 SR_TRAIN = {**SR, "crop_size": 4, "crops_per_volume": 2, "batch_size": 2, "num_workers": 0, "dataloader_workers": 0}
-CASCADE = {
-    "volume_size": 16,
-    "token_grid": 2,
-    "channels": [8, 8, 8],
-    "hidden_size": 24,
-    "vit_depth": 1,
-    "num_heads": 2,
-    "geometry": "x2ctgan",
-}
+CASCADE = TINY_CASCADE
 # every weight file the bundle ships, with the configs that load it (inference.json first)
 SHIPPED = {
     "model.pt": ["inference.json"],
@@ -38,20 +30,7 @@ SHIPPED = {
 
 
 def _run(configs, workflow_type, bundle_root, **overrides):
-    from monai.bundle import ConfigWorkflow
-
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / c) for c in configs],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type=workflow_type,
-        bundle_root=str(bundle_root),
-        **overrides,
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    return wf
+    return run_workflow(CONFIGS, configs, workflow_type, bundle_root, **overrides)
 
 
 def _parser(configs, **overrides):
