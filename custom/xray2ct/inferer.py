@@ -197,32 +197,40 @@ class CascadeInferer(Inferer):
 
 
 @bundle_check
-def build_cascade(first: DDIMInferer, first_xray_size: int, later, run="1", device="cpu"):
+def load_stage_network(number: int, network: dict, ckpt, device="cpu") -> torch.nn.Module:
+    """Stage ``number``'s :class:`custom.xray2ct.patch_network.PatchDenoiser` (``network``: its keyword arguments)
+    with the weights in ``ckpt`` loaded strictly, on ``device`` in eval mode."""
+    from custom.core.bundle import load_weights
+    from custom.core.errors import InputError
+    from custom.xray2ct.patch_network import PatchDenoiser
+
+    if not Path(ckpt).is_file():
+        raise InputError(
+            f"stage {number} has no weights at {ckpt}; run stages 1 (the default), set stage{number}#ckpt_path to "
+            f"trained weights, or train stage {number} (see the model card)"
+        )
+    net = load_weights(PatchDenoiser(**network), ckpt, f"; stage{number}#network must match its weights")
+    return net.to(device).eval()
+
+
+def build_cascade(first: DDIMInferer, first_xray_size: int, later, run="1", device="cpu", load_network=None):
     """The inferer of an inference run: stage 1's own :class:`DDIMInferer` when only stage 1 runs (exactly the
     one-stage path), else a :class:`CascadeInferer` whose later stages are built from their settings.
 
     ``later``: one dict per later stage (2, 3) with ``network`` (keyword arguments of
     :class:`custom.xray2ct.patch_network.PatchDenoiser`), ``ckpt_path``, ``xray_size``, ``num_inference_steps``,
     ``num_samples``, ``roi_size``, ``overlap`` and ``sw_batch_size``. Only the stages that run are built, and each
-    one's weights must load strictly.
+    one's weights must load strictly. ``load_network(number, network, ckpt_path)`` gives a stage's network
+    (default :func:`load_stage_network` on ``device``; a server passes one that keeps networks between requests).
     """
-    from custom.core.bundle import load_weights
-    from custom.core.errors import InputError
-    from custom.xray2ct.patch_network import PatchDenoiser
-
     numbers = parse_stages(run, 1 + len(later))
     if numbers == [1]:
         return first
+    load_network = load_network or (lambda number, network, ckpt: load_stage_network(number, network, ckpt, device))
     stages = [{"network": None, "inferer": first, "xray_size": int(first_xray_size)}]
     for number in numbers[1:]:
         s = dict(later[number - 2])
-        ckpt = str(s["ckpt_path"])
-        if not Path(ckpt).is_file():
-            raise InputError(
-                f"stage {number} has no weights at {ckpt}; run stages 1 (the default), set stage{number}#ckpt_path to "
-                f"trained weights, or train stage {number} (see the model card)"
-            )
-        net = load_weights(PatchDenoiser(**s["network"]), ckpt, f"; stage{number}#network must match its weights")
+        net = load_network(number, s["network"], str(s["ckpt_path"]))
         inferer = DDIMInferer(
             s["network"]["volume_size"],
             first.sampler.num_train_timesteps,
@@ -234,7 +242,7 @@ def build_cascade(first: DDIMInferer, first_xray_size: int, later, run="1", devi
             overlap=float(s.get("overlap", 0.25)),
             sw_batch_size=int(s.get("sw_batch_size", 1)),
         )
-        stages.append({"network": net.to(device).eval(), "inferer": inferer, "xray_size": int(s["xray_size"])})
+        stages.append({"network": net, "inferer": inferer, "xray_size": int(s["xray_size"])})
     return CascadeInferer(stages, run)
 
 

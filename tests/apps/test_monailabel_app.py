@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import nibabel as nib
@@ -670,6 +671,124 @@ def test_stages_whose_weights_the_bundle_lacks_are_a_400_that_names_no_server_pa
     with pytest.raises(HTTPException) as e:  # past the stage check: the lateral id is looked up next
         task({"image": str(data["frontal"]), "lateral": "nope", "stages": "1-2"})
     assert e.value.status_code == 404 and "nope" in e.value.detail
+
+
+# stages 2 and 3 at toy sizes for the tests that call the task object directly several times (the real sizes take
+# about a minute per chain on two CPU cores)
+TOY_LATER_NETWORK = {"lift_grid": 8, "channels": [8, 8, 8], "hidden_size": 24, "vit_depth": 1, "num_heads": 2}
+TOY_LATER_STAGES = {2: {"volume_size": 24, "roi_size": 16}, 3: {"volume_size": 32, "roi_size": 16}}
+
+
+def _toy_chain_task(tmp_path, data):
+    """An xray2ct task over a bundle whose stages 2 and 3 are toy networks with fresh weights, and a datastore
+    holding the phantom's lateral DRR as ``lat``."""
+    sys.path.insert(0, str(APP_DIR))
+    try:
+        from lib.infers import XRayToCTInfer
+    finally:
+        sys.path.remove(str(APP_DIR))
+    from monailabel.datastore.local import LocalDatastore
+
+    bundle = _tiny_bundles(tmp_path / "bundles", with_weights=())
+    bundle = bundle / "xray2ct_cascade_diffusion"
+    config = bundle / "configs" / "inference.json"
+    cfg = json.loads(config.read_text())
+    toy = {}
+    for n, size in TOY_LATER_STAGES.items():
+        network = dict(cfg[f"stage{n}"]["network"], **TOY_LATER_NETWORK, volume_size=size["volume_size"])
+        toy[f"stage{n}"] = dict(cfg[f"stage{n}"], network=network, xray_size=size["volume_size"], roi_size=16)
+    _edit_json(config, toy)
+    _save_fresh_weights(bundle)
+    _save_fresh_stage_weights(bundle)
+    store = LocalDatastore(str(tmp_path / "studies"), extensions=["*.nii.gz"])
+    store.add_image("lat", str(data["lateral"]), {})
+    return XRayToCTInfer(bundle, store, "cpu", [bundle / "models" / "model.pt"]), bundle
+
+
+def _same(a, b, where="") -> None:
+    """``a`` and ``b`` hold equal settings: tensors equal, objects compared attribute by attribute."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for k, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{k}]")
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif hasattr(a, "__dict__") and not isinstance(a, (type, types.FunctionType, types.MethodType)):
+        assert type(a) is type(b), where
+        _same(vars(a), vars(b), where)
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def test_chain_requests_read_the_later_stages_weights_once_and_pick_up_a_replaced_file(data, tmp_path):
+    """Two "1-3" requests: the second reads no weights file (both files are garbage by then, with their size and
+    time kept, and it still gets the first request's CT); replacing stage 2's file reloads stage 2 only, and the
+    task keeps one network per stage. The chain it builds is the bundle's own ``cascade``, networks included."""
+    from custom.core.bundle import make_parser
+
+    task, bundle = _toy_chain_task(tmp_path, data)
+    files = {n: bundle / "models" / f"model_stage{n}.pt" for n in (2, 3)}
+    genuine = {n: f.read_bytes() for n, f in files.items()}
+
+    def chain(ct_id):
+        request = {"image": str(data["frontal"]), "image_id": "pa", "lateral": "lat", "ct_id": ct_id}
+        out, params = task(dict(request, stages="1-3", num_inference_steps=1, num_samples=1, seed=3))
+        assert params["stage_shapes"] == [[16] * 3, [24] * 3, [32] * 3]
+        return np.asarray(nib.load(out).dataobj)
+
+    first = chain("first")
+    assert task.stage_networks.loads == 2
+    held = {n: task.stage_networks.get(n, *_stage_settings(task, n)) for n in (2, 3)}  # cached: reads nothing
+    assert task.stage_networks.loads == 2
+    assert {n: key[0] for n, key in task.stage_networks.cached().items()} == {
+        n: str(f.resolve()) for n, f in files.items()
+    }
+
+    for f in files.values():  # same size and modification time, content no torch.load could read
+        st = f.stat()
+        f.write_bytes(b"\0" * st.st_size)
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    np.testing.assert_array_equal(chain("second"), first)
+    assert task.stage_networks.loads == 2
+    assert all(task.stage_networks.get(n, *_stage_settings(task, n)) is held[n] for n in (2, 3))
+
+    torch.manual_seed(7)  # new stage 2 weights, written with a later modification time
+    new_stage2 = {k: v + 0.01 * torch.randn_like(v) for k, v in held[2].state_dict().items()}
+    torch.save(new_stage2, files[2])
+    mtime = files[2].stat().st_mtime_ns
+    os.utime(files[2], ns=(mtime, mtime + 10**9))
+    third = chain("third")
+    assert task.stage_networks.loads == 3 and len(task.stage_networks.cached()) == 2
+    reloaded = task.stage_networks.get(2, *_stage_settings(task, 2))
+    assert reloaded is not held[2] and task.stage_networks.get(3, *_stage_settings(task, 3)) is held[3]
+    _same(reloaded.state_dict(), new_stage2)
+    assert not np.array_equal(third, first)
+
+    # the app's chain against the bundle's build_cascade, on the genuine files
+    files[2].write_bytes(genuine[2])
+    files[3].write_bytes(genuine[3])
+    parser = make_parser(task.bundle_config, bundle, {"stages": "1-3", "inferer#progress": False, "seed": 5})
+    ours = task.cascade(parser, "1-3")
+    theirs = make_parser(task.bundle_config, bundle, {"stages": "1-3", "inferer#progress": False, "seed": 5})
+    theirs = theirs.get_parsed_content("cascade", instantiate=True)
+    assert ours.run == theirs.run == [1, 2, 3] and len(ours.stages) == len(theirs.stages) == 3
+    for n, (a, b) in enumerate(zip(ours.stages, theirs.stages), start=1):
+        assert a["xray_size"] == b["xray_size"], n
+        _same(a["inferer"], b["inferer"], f"stage {n} inferer")
+        if n > 1:
+            _same(a["network"].state_dict(), b["network"].state_dict(), f"stage {n} network")
+
+
+def _stage_settings(task, number: int) -> tuple:
+    """(network keyword arguments, weights path) of a later stage, as the task reads them from the bundle."""
+    from custom.core.bundle import make_parser
+
+    later = make_parser(task.bundle_config, task.bundle_dir).get_parsed_content("cascade#later", instantiate=True)
+    return later[number - 2]["network"], later[number - 2]["ckpt_path"]
 
 
 def _listing(*folders: Path) -> dict:

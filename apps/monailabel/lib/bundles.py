@@ -68,3 +68,42 @@ class CachedNetwork:
             self._key = key
             logger.info(f"loaded {path} into {type(self._net).__name__}")
         return self._net
+
+
+class CachedStageNetworks:
+    """The X-ray -> CT cascade's later-stage networks (stages 2 and 3) with their weights, kept between requests.
+
+    A chain request asks for each stage's network; its weights file is read only when the stage has not been loaded
+    yet or the file changed since (another path, modification time or size: a file replaced by training or a
+    deployment). One network per stage is kept: the old one is dropped before its replacement is loaded.
+    """
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self._nets: dict[int, tuple[tuple, torch.nn.Module]] = {}
+        self.loads = 0  # weights files read so far (logged; lets a test see that a request read none)
+
+    def get(self, number: int, network: dict, ckpt) -> torch.nn.Module:
+        """Stage ``number``'s :class:`PatchDenoiser` built with ``network`` (keyword arguments) and the weights in
+        ``ckpt``, on the device, in eval mode."""
+        from custom.xray2ct.inferer import load_stage_network
+
+        path = Path(ckpt).resolve()
+        try:
+            st = path.stat()  # before reading: a file replaced while it is read gets a new key and is read again
+        except OSError:
+            path, st = Path(ckpt), None  # load_stage_network says what is missing and what to do
+        key = (str(path), st and st.st_mtime_ns, st and st.st_size, repr(sorted(network.items())))
+        cached = self._nets.get(number)
+        if st is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        self._nets.pop(number, None)  # never two copies of a stage in memory, even while the new one loads
+        net = load_stage_network(number, network, path, self.device)
+        self._nets[number] = (key, net)
+        self.loads += 1
+        logger.info(f"loaded stage {number} weights {path}")
+        return self._nets[number][1]
+
+    def cached(self) -> dict:
+        """{stage number: (weights path, mtime_ns, size)} of the networks held now."""
+        return {number: key[:3] for number, (key, _) in self._nets.items()}

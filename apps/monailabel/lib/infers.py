@@ -34,9 +34,9 @@ from custom.core.io import load_array, save_nifti, save_png
 from custom.core.transforms import cube_affine, finer_affine, hu_to_window, preprocess_ct, window_to_hu
 from custom.core.xray import intake_record, load_xray
 from custom.mask_refiner.data import MASK_THRESHOLD, make_channels
-from custom.xray2ct.inferer import parse_stages
+from custom.xray2ct.inferer import build_cascade, parse_stages
 
-from .bundles import WEIGHTS, CachedNetwork, metadata
+from .bundles import WEIGHTS, CachedNetwork, CachedStageNetworks, metadata
 from .guards import check_id
 
 logger = logging.getLogger(__name__)
@@ -320,6 +320,10 @@ class XRayToCTInfer(LocalBundleTask):
     # on a DICOMweb datastore the task finds its input files itself: the request may name a study (lib/dicomweb.py)
     picks_own_images = True
 
+    def __init__(self, bundle_dir, datastore, device, weights):
+        super().__init__(bundle_dir, datastore, device, weights)
+        self.stage_networks = CachedStageNetworks(self.network.device)
+
     def run(self, request):
         frontal_id = request.get("image_id") or "uploaded"
         ct_id = check_id(request.get("ct_id") or f"{frontal_id}_ct", "ct_id")
@@ -347,8 +351,7 @@ class XRayToCTInfer(LocalBundleTask):
         overrides["seed"] = _int_param(request, "seed", int(cfg.get("seed", 0)), 0, 2**31 - 1)
         parser = make_parser(cfg, self.bundle_dir, overrides)
         preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
-        # the bundle's run: stage 1 alone, or the chain ``stages`` asks for (later stages' weights loaded strictly)
-        inferer = parser.get_parsed_content("cascade", instantiate=True)
+        inferer = self.cascade(parser, stages)
         window = [float(w) for w in parser.get_parsed_content("window")]
         cube_mm = float(parser.get_parsed_content("cube_mm"))
 
@@ -411,6 +414,18 @@ class XRayToCTInfer(LocalBundleTask):
             params.update(views.info())
             params["study_instance_uid"] = self.datastore.dicom_study(sources).attributes.get("StudyInstanceUID", "")
         return out, params
+
+    def cascade(self, parser, stages: str):
+        """The bundle's ``cascade`` for this request (stage 1's inferer alone, or the chain ``stages`` asks for), with
+        the later stages' networks from :attr:`stage_networks`: their weights are read once, not on every request.
+        The samplers are new per request (they take its seed)."""
+        return build_cascade(
+            parser.get_parsed_content("cascade#first", instantiate=True),
+            int(parser.get_parsed_content("cascade#first_xray_size")),
+            parser.get_parsed_content("cascade#later", instantiate=True),
+            stages,
+            load_network=self.stage_networks.get,
+        )
 
     def _stages(self, request) -> str:
         """The cascade stages to run, ``"1"``, ``"1-2"`` or ``"1-3"``: the request's ``stages`` or the bundle's own
