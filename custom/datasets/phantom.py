@@ -227,6 +227,21 @@ def _scanner_blur(vol: torch.Tensor) -> torch.Tensor:
     return vol
 
 
+def _nodule(rng, centre, lung_size, lung_z) -> tuple[np.ndarray, float]:
+    """Centre (mm) and radius (3-12 mm) of a random nodule inside one of the lungs of
+    :func:`_paint_lungs_and_upper_abdomen` (same ``lung_size`` and ``lung_z``; ``centre``: the body's (cx, cy))."""
+    (cx, cy), (lung_ax, lung_ay, lung_dx) = centre, lung_size
+    side = rng.choice([-1, 1])
+    c = np.array(
+        [
+            cx + side * lung_dx + rng.normal(0, lung_ax * 0.3),
+            cy + rng.normal(0, lung_ay * 0.3),
+            rng.uniform(lung_z[0] + 30, lung_z[1] - 20),
+        ]
+    )
+    return c, rng.uniform(3, 12)
+
+
 def _paint_lungs_and_upper_abdomen(vol, xyz, rng, edge, torso, lung_size, lung_z):
     """Paint both lungs (ellipsoids beside the mediastinum, rounded top, domed diaphragm), then the liver under the
     right hemidiaphragm and a gastric air bubble under the left one; return the lung occupancy and the two hila.
@@ -352,15 +367,7 @@ def _basic_phantom(seed: int, size: int, fov: float, noise_hu: float) -> torch.T
                 vessels[sl] = torch.maximum(vessels[sl], _smooth_step(d, edge))
     _paint(vol, vessels * lungs, BLOOD)
     for _ in range(int(rng.integers(0, 4))):
-        side = rng.choice([-1, 1])
-        c = np.array(
-            [
-                cx + side * lung_dx + rng.normal(0, lung_ax * 0.3),
-                cy + rng.normal(0, lung_ay * 0.3),
-                rng.uniform(lung_z0 + 30, lung_z1 - 20),
-            ]
-        )
-        r = rng.uniform(3, 12)
+        c, r = _nodule(rng, (cx, cy), (lung_ax, lung_ay, lung_dx), (lung_z0, lung_z1))
         d = torch.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) - r
         _paint(vol, _smooth_step(d, edge) * lungs, rng.uniform(20, 60))
 
@@ -575,15 +582,7 @@ def _realistic_phantom(seed: int, size: int, fov: float, noise_hu: float, traits
     _paint(vol, vessels * lungs, right_hu * rng.uniform(0.6, 0.9) if contrast > 0 else BLOOD)
     del vessels
     for _ in range(int(rng.integers(0, 4))):
-        side = rng.choice([-1, 1])
-        c = np.array(
-            [
-                cx + side * lung_dx + rng.normal(0, lung_ax * 0.3),
-                cy + rng.normal(0, lung_ay * 0.3),
-                rng.uniform(lung_z0 + 30, lung_z1 - 20),
-            ]
-        )
-        r = rng.uniform(3, 12)
+        c, r = _nodule(rng, (cx, cy), (lung_ax, lung_ay, lung_dx), (lung_z0, lung_z1))
         box = grid.box(c - r - 3 * sp, c + r + 3 * sp)
         if box is not None:
             sl, px, py, pz = box
