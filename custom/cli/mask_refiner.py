@@ -1,4 +1,5 @@
-"""Mask refiner commands: stand-in data, dataset setup, the whole workflow, held-out evaluation."""
+"""Mask refiner commands: stand-in data, dataset setup, the whole workflow, held-out evaluation, real slices and
+their leave-one-patient-out cross-validation."""
 
 from __future__ import annotations
 
@@ -139,6 +140,153 @@ class MaskRefinerCommands:
         net, _ = load_bundle_network(bundle, weights, extra)
         summary = evaluate_refiner(net, data_dir, split, need_dir(out_dir))
         print(json.dumps(summary, indent=1))
+
+    def refiner_real(self, sample_dir: str, out_dir: str, control_fraction: float = 0.2):
+        """Real 2D slices for the refiner: real scans and masks, coarse maps from a classical weak segmenter, one
+        refiner-setup input folder per held-out patient (leave one patient out).
+
+        Takes the axial slices that show each structure (IBSI sarcoma tumours on CT, MR and PET; 3D Slicer's chest
+        CT lungs and ribs) plus control slices without it. The coarse maps never read the masks: 40% of the lesion's
+        SUVmax on PET, that PET delineation carried onto the co-registered CT and MR, air below -400 HU for the
+        lungs, bone above 200 HU for the ribs (see custom/mask_refiner/real_data.py for why each).
+        Writes OUT_DIR/slices, OUT_DIR/fold_<patient>/ (images/, labels/, <case>_probabilities.npy,
+        comprehensive_splits.json, patient_dice_scores.json), OUT_DIR/cases.csv and OUT_DIR/folds.json.
+
+        Args:
+            sample_dir: the folder written by `python -m custom sample-data` (sts/ and chest_ct/slicer_chest/).
+            out_dir: output folder.
+            control_fraction: control slices per scan and structure, as a share of the slices showing it.
+        """
+        from custom.mask_refiner.real_data import build_real_slices, summarize_coarse
+
+        control_fraction = as_float(control_fraction, "--control_fraction", 0.0, 1.0, hint=" (a share of slices)")
+        if not Path(str(sample_dir)).is_dir():
+            raise InputError(f"{sample_dir}: no such folder; make it with `python -m custom sample-data`")
+        result = build_real_slices(sample_dir, need_dir(out_dir), control_fraction)
+        for row in summarize_coarse(result["cases"]):
+            print(
+                f"{row['patient']:>13} {row['modality']:>5} {row['structure']:>6}: {row['slices']:3d} slices "
+                f"+ {row['controls']} controls, coarse Dice {row['coarse_dice']:.3f}"
+            )
+        for test, plan in result["folds"].items():
+            print(f"fold {test}: train {plan['train']}, val {plan['val']}, test {plan['test']}")
+
+    def refiner_real_crossval(
+        self,
+        real_dir: str,
+        out_dir: str,
+        init: str = str(BUNDLES_DIR / "mask_refiner_2d" / "models" / "model.pt"),
+        max_epochs: int = 6,
+        batches_per_epoch: int = 10,
+        val_interval: int = 2,
+        learning_rate: float = 3e-4,
+        warmup_iterations: int = 5,
+        folds: str = "",
+        bundle: str = str(BUNDLES_DIR / "mask_refiner_2d"),
+        shipped: str = str(BUNDLES_DIR / "mask_refiner_2d" / "models" / "model.pt"),
+    ):
+        """Leave-one-patient-out training and evaluation of the refiner on real slices (refiner-real output).
+
+        Per fold: refiner-setup of OUT_DIR/<patient>/data, the bundle's train.json (started from --init) into
+        OUT_DIR/<patient>/runs (model.pt = best validation Dice on the validation patient), refiner-evaluate of that
+        model and of the shipped generated-data model (zero-shot) on the held-out patient into
+        OUT_DIR/<patient>/eval_finetuned (eval_scratch without --init) and eval_shipped. Then OUT_DIR/summary.json
+        and OUT_DIR/table.md: Dice of coarse vs refined and the harm rate per patient, per scan and structure, and
+        pooled. A fold whose training finished before with the same settings (runs/finished.json) is evaluated
+        again without retraining; one finished with other settings is refused.
+
+        Args:
+            real_dir: the refiner-real output folder.
+            out_dir: output folder.
+            init: weights to fine-tune from; empty: train from scratch.
+            max_epochs: training epochs per fold.
+            batches_per_epoch: batches per epoch.
+            val_interval: epochs between validations (model selection on the validation patient).
+            learning_rate: peak learning rate.
+            warmup_iterations: linear warm-up iterations.
+            folds: comma-separated held-out patients to run (default: every fold of folds.json).
+            bundle: the mask_refiner_2d bundle folder.
+            shipped: the generated-data weights evaluated zero-shot next to the fine-tuned ones.
+        """
+        from monai.bundle import run
+
+        from custom.core.io import save_json
+        from custom.mask_refiner.data import setup_dataset
+        from custom.mask_refiner.evaluation import evaluate_refiner
+        from custom.mask_refiner.real_data import pool_evaluations, render_table
+
+        real = Path(str(real_dir))
+        if not (real / "folds.json").is_file():
+            raise InputError(f"{real_dir}: no folds.json; make it with `python -m custom refiner-real`")
+        plan = json.loads((real / "folds.json").read_text())
+        chosen = [f.strip() for f in str(folds).split(",") if f.strip()] or list(plan)
+        unknown = [f for f in chosen if f not in plan]
+        if unknown:
+            raise InputError(f"--folds: no fold for {unknown}; the folds are {list(plan)}")
+        settings = {
+            "max_epochs": as_int(max_epochs, "--max_epochs", 1),
+            "batches_per_epoch": as_int(batches_per_epoch, "--batches_per_epoch", 1),
+            "val_interval": as_int(val_interval, "--val_interval", 1),
+            "learning_rate": as_float(learning_rate, "--learning_rate", above=0.0),
+            "warmup_iterations": as_int(warmup_iterations, "--warmup_iterations", 0),
+        }
+        for weights in [w for w in (init, shipped) if w]:
+            if not Path(str(weights)).is_file():
+                raise InputError(f"{weights}: no such weights file")
+        cfg = Path(bundle) / "configs" / "train.json"
+        if not cfg.is_file():
+            raise InputError(f"{bundle}: not a bundle folder (no configs/train.json)")
+        out = need_dir(out_dir)
+        shipped_net, _ = load_bundle_network(bundle, shipped)
+        trained = "finetuned" if init else "scratch"
+        evals = {"shipped": [], trained: []}
+        for test in chosen:
+            fold = out / test
+            setup_dataset(real / f"fold_{test}", fold / "data")
+            runs = fold / "runs"
+            done = {**settings, "init": str(init), "fold": plan[test]}
+            if (runs / "finished.json").is_file():
+                before = json.loads((runs / "finished.json").read_text())
+                if before != done:
+                    raise InputError(
+                        f"{runs}: trained before with other settings ({before}); give another out_dir to train with "
+                        f"{done}"
+                    )
+            else:
+                configs = [str(cfg)]
+                if init:
+                    # appended to train.json's handlers: the run starts from these weights instead of at random
+                    start = {
+                        "init_from": str(Path(str(init)).resolve()),
+                        "+train#handlers": [
+                            {
+                                "_target_": "custom.core.handlers.InitFromWeights",
+                                "network": "@network",
+                                "path": "@init_from",
+                            }
+                        ],
+                    }
+                    save_json(start, runs / "init_from.json")
+                    configs.append(str(runs / "init_from.json"))
+                run(
+                    config_file=configs,
+                    bundle_root=str(bundle),
+                    dataset_dir=str(fold / "data"),
+                    output_dir=str(runs),
+                    **settings,
+                )
+                save_json(done, runs / "finished.json")
+            net, _ = load_bundle_network(bundle, runs / "model.pt")
+            for name, model in ((trained, net), ("shipped", shipped_net)):
+                evaluate_refiner(model, fold / "data", "test", fold / f"eval_{name}")
+                evals[name].append(fold / f"eval_{name}" / "metrics.csv")
+        summary = pool_evaluations(real / "cases.csv", evals)
+        summary["folds"] = {t: plan[t] for t in chosen}
+        summary["training"] = {**settings, "init": str(init)}
+        save_json(summary, out / "summary.json")
+        table = render_table(summary)
+        (out / "table.md").write_text(table)
+        print(table)
 
 
 def _hard_fraction(value) -> float:
