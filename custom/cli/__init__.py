@@ -1,7 +1,8 @@
 """Command line: ``python -m custom <command> [args] [--flags]``; ``python -m custom <command> --help`` explains one.
 
 One module per command group (``data``, ``xray2ct``, ``mask_refiner``, ``bundles``); :class:`Commands` joins them.
-Bad input ends with a one-line ``error: ...`` on stderr and exit status 2, never a traceback.
+Bad input ends with an ``error: ...`` message on stderr (one line, or one item per line where several things are
+missing) and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
