@@ -18,21 +18,49 @@ def _ct_size(path) -> int:
     return int(max(nib.load(str(path)).shape[:3]))
 
 
-def _super_resolution_way(bundle, weights, device):
-    """stage-1 output (1, 1, 64, 64, 64) -> (1, 1, 256, 256, 256), both in the networks' units, through the refinement
-    bundle's 64^3 -> 256^3 refiner with its inference settings (tiles, overlap, blending)."""
+def _refiner_ways(bundle, sr_weights, device, size: int = 256) -> dict:
+    """The ways from cascade stage 1's output (1, 1, 64, 64, 64) to ``size``^3 through the refinement bundle's
+    shipped refiners, each with its own inference settings (the super-resolution refiner in tiles): ``detail`` then
+    trilinear, the 64^3 -> 256^3 ``super_resolution`` refiner, and both in a row. Volumes in the networks' units;
+    each way takes (stage-1 output, stage 1's X-rays)."""
+    import torch.nn.functional as F
+
     from custom.core.bundle import build_network, make_parser, read_bundle_config
 
-    parser = make_parser(read_bundle_config(bundle, ["inference.json", "inference_super_resolution.json"]), bundle)
-    weights = weights or parser.get_parsed_content("ckpt_path")
-    if not Path(weights).is_file():
-        raise InputError(
-            f"{weights}: no such weights file; train the 64^3 -> 256^3 refiner first (the refinement bundle's card, "
-            "'Train the 64^3 -> 256^3 refiner') or pass --refiner_weights"
+    def refiner(overlay, weights=None):
+        parser = make_parser(read_bundle_config(bundle, ["inference.json", overlay]), bundle)
+        weights = weights or parser.get_parsed_content("ckpt_path")
+        if not Path(weights).is_file():
+            return None, weights
+        return (build_network(parser, weights, device), parser.get_parsed_content("inferer"), parser), weights
+
+    ways = {}
+    detail, _ = refiner("inference_detail.json")
+    sr, sr_path = refiner("inference_super_resolution.json", sr_weights)
+    if sr is None and sr_weights:
+        raise InputError(f"{sr_weights}: no such weights file")
+
+    def detail_way(coarse, xray):
+        net, inferer, parser = detail
+        n = int(parser["xray_size"])
+        xray = xray if xray.shape[-1] == n else F.interpolate(xray, size=(n, n), mode="area")
+        return inferer(coarse, net, xray)
+
+    def sr_way(coarse, xray=None):
+        net, inferer, _ = sr
+        return inferer(coarse, net)
+
+    if detail is not None:
+        ways["stage 1 + detail + trilinear"] = lambda c, x: F.interpolate(
+            detail_way(c, x), size=(size,) * 3, mode="trilinear", align_corners=False
         )
-    network = build_network(parser, weights, device)
-    inferer = parser.get_parsed_content("inferer")
-    return lambda coarse: inferer(coarse, network)
+    if sr is not None:
+        ways["stage 1 + super_resolution"] = sr_way
+    else:
+        print(f"note: {sr_path} does not exist yet, so the super-resolution refiner is left out (see its card)")
+    if detail is not None and sr is not None:
+        ways["stage 1 + detail + super_resolution"] = lambda c, x: sr_way(detail_way(c, x))
+    return ways
 
 
 class XRayToCTCommands:
@@ -150,9 +178,10 @@ class XRayToCTCommands:
             groups: names of the two groups (DATALIST's cases, EXTRA_DATALIST's cases).
             overrides: JSON dict of inference.json overrides (e.g. '{"stage3#num_inference_steps": 2}').
             refiner_bundle: the CT refinement bundle folder: also score the ways from stage 1's output to 256^3 side
-                by side on the same stage-1 samples (stage 1 + trilinear, the stages 2-3 when they ran, stage 1 + its
-                64^3 -> 256^3 super-resolution refiner, run in tiles as its inference does), in the summary's
-                "paths", with the seconds of each way from the X-rays on.
+                by side on the same stage-1 samples, in the summary's "paths", with the seconds of each way from the
+                X-rays on: stage 1 + trilinear, stages 1-3 (when they ran), and through the bundle's refiners whose
+                weights exist (detail at 64^3 then trilinear; the 64^3 -> 256^3 super-resolution refiner, in tiles as
+                its inference runs; both in a row).
             refiner_weights: the refiner's weights (default: the refinement bundle's models/super_resolution.pt).
         """
         import torch
@@ -218,8 +247,11 @@ class XRayToCTCommands:
         }
         paths = None
         if refiner_bundle:
-            paths = {"stage 1 + super_resolution": _super_resolution_way(refiner_bundle, refiner_weights, device)}
-            settings["refiner_weights"] = str(refiner_weights or Path(refiner_bundle) / "models/super_resolution.pt")
+            paths = _refiner_ways(refiner_bundle, refiner_weights, device)
+            settings["refiner_bundle"] = str(refiner_bundle)
+            settings["super_resolution_weights"] = str(
+                refiner_weights or Path(refiner_bundle) / "models/super_resolution.pt"
+            )
             for entry, base, _ in test:
                 if _ct_size(base / entry["ct"]) < 256:
                     raise InputError(f"{base / entry['ct']}: the CT is smaller than 256^3; prepare with --size 256")

@@ -158,8 +158,9 @@ def evaluate_cascade(
         steps_curve: DDIM steps to score each stage at besides its own default, on the same previous-stage output
             (the chain goes on with the default).
         out_dir: writes ``metrics.csv`` (per case, stage and method) and ``summary.json`` there when given.
-        paths: other ways from stage 1's output to ``path_size``^3, by name: ``fn(stage1) -> volume``, both
-            (1, 1, D, D, D) in the networks' units (e.g. a super-resolution refiner). With ``paths`` (even empty)
+        paths: other ways from stage 1's output to ``path_size``^3, by name: ``fn(stage1, xray) -> volume``, the
+            volumes (1, 1, D, D, D) in the networks' units, ``xray`` stage 1's X-rays (1, 2, N, N) (e.g. CT
+            refiners). With ``paths`` (even empty)
             every case is also scored at ``path_size``^3 along each way there, on the same stage-1 sample: stage 1
             + trilinear, the chain's last stage when it has that size, and each of ``paths``.
         path_size: the size the ways of ``paths`` end at.
@@ -185,6 +186,8 @@ def evaluate_cascade(
             d, n = _stage_size(stage), int(stage["xray_size"])
             xray, gt = load(d, n)
             xray, gt = xray[None].to(dev), gt.to(dev)  # metrics at 256^3 are slow on a CPU; keep them with the data
+            if number == 1:
+                first_xray = xray
             base = {"case_id": case_id, "group": group, "stage": number, "volume": d}
             if prev is not None:
                 t0 = time.perf_counter()
@@ -224,7 +227,7 @@ def evaluate_cascade(
             for name, way in ways.items():
                 t0 = time.perf_counter()
                 with torch.no_grad():
-                    out = outputs[-1] if way is None else way(outputs[0])
+                    out = outputs[-1] if way is None else way(outputs[0], first_xray)
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 seconds = sum(spent) if way is None else spent[0] + time.perf_counter() - t0
@@ -243,7 +246,7 @@ def evaluate_cascade(
 def _trilinear_to(size: int):
     import torch.nn.functional as F
 
-    return lambda x: F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=False)
+    return lambda x, xray=None: F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=False)
 
 
 def summarize_paths(rows: Sequence[dict]) -> dict:

@@ -153,9 +153,14 @@ def test_the_per_stage_evaluation_scores_each_stage_against_its_real_previous_st
         x = F.interpolate(xray16[None], size=(n, n), mode="area")[0]
         return x, F.interpolate(gt[None, None], size=(d,) * 3, mode="area")[0, 0]
 
-    sharpen = {"sharpen": lambda x: 1.5 * F.interpolate(x, size=(16,) * 3, mode="trilinear", align_corners=False)}
+    seen = []
+
+    def sharpen(x, xray):
+        seen.append(tuple(xray.shape))
+        return 1.5 * F.interpolate(x, size=(16,) * 3, mode="trilinear", align_corners=False)
+
     summary, rows = evaluate_cascade(
-        stages, [("a", "phantoms", load)], steps_curve=[1], out_dir=tmp_path, paths=sharpen, path_size=16
+        stages, [("a", "phantoms", load)], steps_curve=[1], out_dir=tmp_path, paths={"sharpen": sharpen}, path_size=16
     )
     ways = {r["path"]: r for r in rows if "path" in r}
     rows = [r for r in rows if "path" not in r]
@@ -173,7 +178,7 @@ def test_the_per_stage_evaluation_scores_each_stage_against_its_real_previous_st
     assert json.loads((tmp_path / "summary.json").read_text())["stages"]["2"]["phantoms"]["model"]["steps"] == 2
     assert "not teacher-forced" in summary["previous_stage"]
     # the ways to the last size all start from the same stage-1 sample: trilinear and the chain match their stage rows
-    assert list(ways) == ["stage 1 + trilinear", "stages 1-2", "sharpen"]
+    assert list(ways) == ["stage 1 + trilinear", "stages 1-2", "sharpen"] and seen == [(1, 2, 8, 8)]  # stage 1's X-rays
     assert ways["stage 1 + trilinear"]["psnr_hu"] == pytest.approx(tri["psnr_hu"])
     assert ways["stages 1-2"]["psnr_hu"] == pytest.approx(model["psnr_hu"])
     assert ways["stages 1-2"]["seconds"] > model["seconds"]  # stage 1 included
