@@ -18,7 +18,7 @@ def _ct_size(path) -> int:
     return int(max(nib.load(str(path)).shape[:3]))
 
 
-def _refiner_ways(bundle, sr_weights, device, size: int = 256) -> dict:
+def _refiner_ways(bundle, sr_weights, device, size: int = 256, with_sr: bool = True) -> dict:
     """The ways from cascade stage 1's output (1, 1, 64, 64, 64) to ``size``^3 through the refinement bundle's
     shipped refiners, each with its own inference settings (the super-resolution refiner in tiles): ``detail`` then
     trilinear, the 64^3 -> 256^3 ``super_resolution`` refiner, and both in a row. Volumes in the networks' units;
@@ -36,7 +36,7 @@ def _refiner_ways(bundle, sr_weights, device, size: int = 256) -> dict:
 
     ways = {}
     detail, _ = refiner("inference_detail.json")
-    sr, sr_path = refiner("inference_super_resolution.json", sr_weights)
+    sr, sr_path = refiner("inference_super_resolution.json", sr_weights) if with_sr else (None, None)
     if sr is None and sr_weights:
         raise InputError(f"{sr_weights}: no such weights file")
 
@@ -51,12 +51,12 @@ def _refiner_ways(bundle, sr_weights, device, size: int = 256) -> dict:
         return inferer(coarse, net)
 
     if detail is not None:
-        ways["stage 1 + detail + trilinear"] = lambda c, x: F.interpolate(
+        ways["stage 1 + detail" + (" + trilinear" if with_sr else "")] = lambda c, x: F.interpolate(
             detail_way(c, x), size=(size,) * 3, mode="trilinear", align_corners=False
         )
     if sr is not None:
         ways["stage 1 + super_resolution"] = sr_way
-    else:
+    elif with_sr:
         print(f"note: {sr_path} does not exist yet, so the super-resolution refiner is left out (see its card)")
     if detail is not None and sr is not None:
         ways["stage 1 + detail + super_resolution"] = lambda c, x: sr_way(detail_way(c, x))
@@ -157,6 +157,7 @@ class XRayToCTCommands:
         overrides: str = "{}",
         refiner_bundle: str | None = None,
         refiner_weights: str | None = None,
+        path_size: int = 256,
     ):
         """Per-stage held-out metrics of the chained cascade with the bundle's shipped weights and inference settings.
 
@@ -183,6 +184,8 @@ class XRayToCTCommands:
                 weights exist (detail at 64^3 then trilinear; the 64^3 -> 256^3 super-resolution refiner, in tiles as
                 its inference runs; both in a row).
             refiner_weights: the refiner's weights (default: the refinement bundle's models/super_resolution.pt).
+            path_size: the size the ways of --refiner_bundle end at: 256, or 64 to score the detail refiner against
+                stage 1 at stage 1's own size (the super-resolution refiner, which makes 256^3, is then left out).
         """
         import torch
 
@@ -247,16 +250,22 @@ class XRayToCTCommands:
         }
         paths = None
         if refiner_bundle:
-            paths = _refiner_ways(refiner_bundle, refiner_weights, device)
+            path_size = as_int(path_size, "--path_size", 8)
+            first_size = int(chain[0]["inferer"].volume_size)
+            if path_size not in (first_size, 4 * first_size):
+                raise InputError(f"--path_size must be {first_size} or {4 * first_size}, got {path_size}")
+            paths = _refiner_ways(refiner_bundle, refiner_weights, device, path_size, with_sr=path_size > first_size)
             settings["refiner_bundle"] = str(refiner_bundle)
             settings["super_resolution_weights"] = str(
                 refiner_weights or Path(refiner_bundle) / "models/super_resolution.pt"
             )
             for entry, base, _ in test:
-                if _ct_size(base / entry["ct"]) < 256:
-                    raise InputError(f"{base / entry['ct']}: the CT is smaller than 256^3; prepare with --size 256")
+                if _ct_size(base / entry["ct"]) < path_size:
+                    raise InputError(
+                        f"{base / entry['ct']}: the CT is smaller than {path_size}^3; prepare with --size {path_size}"
+                    )
         summary, _ = evaluate_cascade(
-            chain, cases, tuple(parser["window"]), curve, out, {"settings": settings}, device, paths=paths
+            chain, cases, tuple(parser["window"]), curve, out, {"settings": settings}, device, paths, path_size
         )
         print(json.dumps(summary, indent=1))
 

@@ -218,7 +218,8 @@ def evaluate_cascade(
             outputs.append(chained)
             spent.append(chained_seconds + up_seconds)
         if paths is not None:
-            ways = {"stage 1 + trilinear": _trilinear_to(path_size)}
+            same = path_size == _stage_size(stages[0])  # then stage 1 is scored as it is
+            ways = {"stage 1" if same else "stage 1 + trilinear": _trilinear_to(path_size)}
             if len(stages) > 1 and _stage_size(stages[-1]) == path_size:
                 ways[f"stages 1-{len(stages)}"] = None
             ways.update(paths)
@@ -251,19 +252,21 @@ def _trilinear_to(size: int):
 
 def summarize_paths(rows: Sequence[dict]) -> dict:
     """Means per group and way of the ``path`` rows of :func:`evaluate_cascade`, with each way's PSNR gain over
-    stage 1 + trilinear per case (mean, minimum, cases worse by more than 0.5 dB)."""
+    the first way (stage 1, with trilinear upsampling when the ways end larger) per case (mean, minimum, cases worse
+    by more than 0.5 dB)."""
     from custom.core.metrics import REFINEMENT_METRICS
 
     out = {}
+    first = rows[0]["path"] if rows else None
     for group in dict.fromkeys(r["group"] for r in rows):
         sel = [r for r in rows if r["group"] == group]
-        base = {r["case_id"]: r["psnr_hu"] for r in sel if r["path"] == "stage 1 + trilinear"}
+        base = {r["case_id"]: r["psnr_hu"] for r in sel if r["path"] == first}
         ways = {}
         for name in dict.fromkeys(r["path"] for r in sel):
             m = [r for r in sel if r["path"] == name]
             ways[name] = {k: float(np.mean([r[k] for r in m])) for k in REFINEMENT_METRICS + ("seconds",)}
             gain = [r["psnr_hu"] - base[r["case_id"]] for r in m if r["case_id"] in base]
-            if gain and name != "stage 1 + trilinear":
+            if gain and name != first:
                 ways[name]["gain_db"] = {"mean": float(np.mean(gain)), "min": float(np.min(gain))}
                 ways[name]["cases_worse_by_0.5dB"] = int(sum(g < -0.5 for g in gain))
         out[group] = ways
