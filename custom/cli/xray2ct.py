@@ -37,8 +37,10 @@ def _refiner_ways(bundle, sr_weights, device, size: int = 256, with_sr: bool = T
     ways = {}
     detail, _ = refiner("inference_detail.json")
     sr, sr_path = refiner("inference_super_resolution.json", sr_weights) if with_sr else (None, None)
-    if sr is None and sr_weights:
-        raise InputError(f"{sr_weights}: no such weights file")
+    if with_sr and sr is None and sr_weights:
+        raise InputError(f"--refiner_weights {sr_weights}: no such file; give the super-resolution refiner's weights")
+    if detail is None:
+        print(f"note: {bundle}/models/detail.pt does not exist, so the detail refiner is left out", file=sys.stderr)
 
     def detail_way(coarse, xray):
         net, inferer, parser = detail
@@ -57,7 +59,10 @@ def _refiner_ways(bundle, sr_weights, device, size: int = 256, with_sr: bool = T
     if sr is not None:
         ways["stage 1 + super_resolution"] = sr_way
     elif with_sr:
-        print(f"note: {sr_path} does not exist yet, so the super-resolution refiner is left out (see its card)")
+        print(
+            f"note: {sr_path} does not exist yet, so the super-resolution refiner is left out (see its card)",
+            file=sys.stderr,
+        )
     if detail is not None and sr is not None:
         ways["stage 1 + detail + super_resolution"] = lambda c, x: sr_way(detail_way(c, x))
     return ways
@@ -200,6 +205,8 @@ class XRayToCTCommands:
                 f"--steps_curve must be a JSON list of positive step counts like [1,2,5], got {steps_curve}"
             )
         max_cases = as_int(max_cases, "--max_cases", 1)
+        if not refiner_bundle and (refiner_weights or str(path_size) != "256"):
+            raise InputError("--refiner_weights and --path_size choose the refiners' ways: give --refiner_bundle too")
         names = [g.strip() for g in str(groups).split(",")]
         if len(names) != 2 or not all(names):
             raise InputError(f"--groups must be two names separated by a comma, got {groups!r}")
@@ -256,9 +263,10 @@ class XRayToCTCommands:
                 raise InputError(f"--path_size must be {first_size} or {4 * first_size}, got {path_size}")
             paths = _refiner_ways(refiner_bundle, refiner_weights, device, path_size, with_sr=path_size > first_size)
             settings["refiner_bundle"] = str(refiner_bundle)
-            settings["super_resolution_weights"] = str(
-                refiner_weights or Path(refiner_bundle) / "models/super_resolution.pt"
-            )
+            if any("super_resolution" in name for name in paths):
+                settings["super_resolution_weights"] = str(
+                    refiner_weights or Path(refiner_bundle) / "models/super_resolution.pt"
+                )
             for entry, base, _ in test:
                 if _ct_size(base / entry["ct"]) < path_size:
                     raise InputError(

@@ -324,6 +324,12 @@ def save_xray(img: torch.Tensor, geometry: ProjectionGeometry, path, description
 # Frontal/lateral ratio of the total attenuation beyond which two DRRs are not views of one body (measured range in
 # the docstring of check_view_pair).
 MAX_SUM_RATIO = 1.25
+# How much stronger the lateral image's midline ridge must be than the frontal's before the pair is called swapped:
+# a small margin, so that two images with almost equal ridges (unusual views, strong processing) are not refused on a
+# coin flip; correctly ordered pairs measured 0.07 or more in their favour (docstring of check_view_pair).
+SWAP_MARGIN = 0.05
+# Below this neither image looks frontal (frontal ridges measured 0.21 or more on DRRs): the message says so.
+FRONTAL_RIDGE = 0.15
 
 
 def _mirror_axis(profile: torch.Tensor, reach: int) -> float:
@@ -381,8 +387,9 @@ def check_view_pair(frontal: torch.Tensor, lateral: torch.Tensor, line_integrals
     two dark lungs; a lateral one shows the lungs in the middle with the spine at one side. :func:`central_ridge`
     measures that; the pair looks swapped when the lateral image has the stronger ridge. Measured with
     ``python docs/make_phantom_real_figure.py --view-pair-stats PREPARED_DIR`` (frontal ridge minus lateral ridge
-    of correctly ordered pairs, smallest and median; a swapped pair gives the same numbers negated, so the threshold
-    0 sits in the middle): basic phantoms 0.33 and 0.51 (105 pairs; 0.29 with the body turned, shifted or scaled),
+    of correctly ordered pairs, smallest and median; a swapped pair gives the same numbers negated, so 0 sits in
+    the middle; a pair is refused beyond ``SWAP_MARGIN``): basic phantoms 0.33 and 0.51 (105 pairs; 0.29 with the
+    body turned, shifted or scaled),
     realistic phantoms 0.22 and 0.54 (105 pairs; moved 0.35), the three real CTs 0.40 and 0.47 (their DRRs at 32 to
     256 px; moved 0.24). Frontal ridges were 0.21 to 0.63, lateral ones -0.30 to 0.12. On radiograph-like images
     (``1 - exp(-L/2)`` of the line integral, range-matched) the smallest margin was 0.07 (realistic phantoms) and
@@ -400,7 +407,13 @@ def check_view_pair(frontal: torch.Tensor, lateral: torch.Tensor, line_integrals
     """
     if min(frontal.shape[-2:]) >= 8 and min(lateral.shape[-2:]) >= 8:  # smaller images carry no anatomy to compare
         rf, rl = central_ridge(frontal), central_ridge(lateral)
-        if rf < rl:
+        if rl - rf > SWAP_MARGIN and max(rf, rl) < FRONTAL_RIDGE:
+            raise InputError(
+                f"neither X-ray shows the bright midline between two dark lungs of a frontal chest view (ridge "
+                f"{rf:.2f} in the image given as frontal, {rl:.2f} in the lateral); check that the files are a "
+                "frontal and a lateral chest X-ray of one patient (or turn check_views off)"
+            )
+        if rl - rf > SWAP_MARGIN:
             raise InputError(
                 f"the frontal and lateral X-rays look swapped: the image given as lateral has the bright midline "
                 f"between two dark lungs of a frontal view (ridge {rl:.2f}, against {rf:.2f} in the image given as "

@@ -213,6 +213,7 @@ def load_stage_network(number: int, network: dict, ckpt, device="cpu") -> torch.
     return net.to(device).eval()
 
 
+@bundle_check
 def build_cascade(first: DDIMInferer, first_xray_size: int, later, run="1", device="cpu", load_network=None):
     """The inferer of an inference run: stage 1's own :class:`DDIMInferer` when only stage 1 runs (exactly the
     one-stage path), else a :class:`CascadeInferer` whose later stages are built from their settings.

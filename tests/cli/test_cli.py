@@ -171,6 +171,10 @@ BAD_INPUTS = {
         ["drr", "{d}/phantom.nii.gz", "{o}", "--mu_water", "abc"],
         ["--mu_water must be a number"],
     ),
+    "evaluate-cascade path size alone": (
+        ["evaluate-cascade", "{d}/a_file", "{o}", "--path_size", "64"],
+        ["--path_size choose the refiners' ways: give --refiner_bundle too"],
+    ),
     "prepare negative cube": (["prepare", "{d}", "{o}", "--cube_mm", "-5"], ["--cube_mm must be greater than 0"]),
     "phantoms zero fov": (["phantoms", "{o}", "--fov", "0"], ["--fov must be greater than 0"]),
     "phantoms negative fov": (["phantoms", "{o}", "--fov", "-320"], ["--fov must be greater than 0"]),

@@ -408,3 +408,19 @@ def test_sum_check_is_symmetric_and_tolerates_the_measured_spread():
     assert MAX_SUM_RATIO == 1.25
     with pytest.raises(InputError, match="holds no attenuation"):
         check_view_pair(frontal, torch.zeros_like(lateral))
+
+
+def test_swap_check_refuses_only_a_clear_difference_and_says_when_neither_view_looks_frontal():
+    """Two images with equal ridges are not refused on a coin flip; a faint ridge only in the image given as lateral,
+    with no frontal-looking image at all, is reported as such rather than as a swap."""
+    from custom.core.xray import SWAP_MARGIN, central_ridge, check_view_pair
+
+    _, lateral = _phantom_views()
+    check_view_pair(lateral, lateral.clone(), line_integrals=False)  # both look lateral: nothing to decide on
+    u = torch.arange(32, dtype=torch.float32)
+    rows = torch.linspace(0, 1, 32)[None, :].expand(32, 32)  # [u, v]: the image's range comes from the rows
+    flat = rows.clone()[None]
+    faint = (rows + 0.1 * torch.exp(-(((u - 15.5) / 2) ** 2))[:, None])[None]
+    assert SWAP_MARGIN < central_ridge(faint) - central_ridge(flat) and central_ridge(faint) < 0.15
+    with pytest.raises(InputError, match="neither X-ray shows the bright midline"):
+        check_view_pair(flat, faint, line_integrals=False)

@@ -255,6 +255,7 @@ def test_multi_gpu_config_runs_two_gloo_processes_with_rank_zero_logging(tmp_pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     files = "[" + ",".join(f"'{CONFIGS / c}'" for c in ("train.json", "multi_gpu_train.json")) + "]"
     args = ["--bundle_root", str(data / "ddp"), "--dataset_dir", str(data / "prep"), "--max_epochs", "1"]
+    args += ["--time_limit_minutes", "100"]  # its per-iteration all-reduce must run on both ranks, or DDP hangs
     for k, v in TINY_A.items():
         args += [f"--{k}", json.dumps(v)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -93,7 +93,10 @@ class CachedStageNetworks:
             st = path.stat()  # before reading: a file replaced while it is read gets a new key and is read again
         except OSError:
             path, st = Path(ckpt), None  # load_stage_network says what is missing and what to do
-        key = (str(path), st and st.st_mtime_ns, st and st.st_size, repr(sorted(network.items())))
+        # the inode too: a file put in place by rename (rsync, tar, an atomic deploy) with its old size and modification
+        # time is new all the same
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size) if st else None
+        key = (str(path), stamp, repr(sorted(network.items())))
         cached = self._nets.get(number)
         if st is not None and cached is not None and cached[0] == key:
             return cached[1]
@@ -102,8 +105,8 @@ class CachedStageNetworks:
         self._nets[number] = (key, net)
         self.loads += 1
         logger.info(f"loaded stage {number} weights {path}")
-        return self._nets[number][1]
+        return net
 
     def cached(self) -> dict:
-        """{stage number: (weights path, mtime_ns, size)} of the networks held now."""
-        return {number: key[:3] for number, (key, _) in self._nets.items()}
+        """{stage number: (weights path, (inode, mtime_ns, size))} of the networks held now."""
+        return {number: key[:2] for number, (key, _) in self._nets.items()}
