@@ -72,6 +72,23 @@ def phantom_traits(seed: int = 0) -> dict:
     }
 
 
+def _check_traits(traits: dict) -> None:
+    """Refuse trait overrides that the generator would misread (a string for ``arms`` iterates by character)."""
+    arms = traits["arms"]
+    if not (isinstance(arms, (tuple, list)) and len(arms) == 2 and all(a in ("up", "down") for a in arms)):
+        raise ValueError(f"traits: arms must be a pair of 'up'/'down' (right, left), got {arms!r}")
+    if not 0.0 <= float(traits["habitus"]) <= 1.0:
+        raise ValueError(f"traits: habitus must be in [0, 1] (thin .. obese), got {traits['habitus']!r}")
+    for key in ("pad", "contrast"):
+        if float(traits[key]) < 0:
+            raise ValueError(f"traits: {key} must be >= 0, got {traits[key]!r}")
+    if float(traits["scan_radius"]) <= 0:
+        raise ValueError(f"traits: scan_radius must be > 0 mm, got {traits['scan_radius']!r}")
+    cov = traits["coverage"]
+    if cov is not None and not (isinstance(cov, (tuple, list)) and len(cov) == 2 and min(map(float, cov)) >= 0):
+        raise ValueError(f"traits: coverage must be None or two margins >= 0 mm (below, above), got {cov!r}")
+
+
 def _smooth_step(d: torch.Tensor, width: float) -> torch.Tensor:
     """Partial-volume occupancy of a signed distance ``d`` (negative inside) with edge width ``width`` mm."""
     return torch.sigmoid(-d / max(width, 1e-3))
@@ -212,6 +229,7 @@ def chest_phantom(
         if unknown:
             raise ValueError(f"unknown phantom traits {sorted(unknown)}; known: {list(_TRAIT_KEYS)}")
         drawn.update(traits)
+        _check_traits(drawn)
     return _realistic_phantom(seed, size, fov, noise_hu, drawn)
 
 

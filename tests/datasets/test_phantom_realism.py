@@ -59,6 +59,21 @@ def test_noise_only_inside_the_body_and_the_table():
     assert np.abs(diff[:2, -2:]).max() < 0.01 and np.abs(diff[-2:, -2:]).max() < 0.01
 
 
+@pytest.mark.parametrize(
+    "traits,message",
+    [
+        ({"arms": "down"}, "arms must be a pair"),
+        ({"arms": ("Down", "down")}, "arms must be a pair"),
+        ({"habitus": 1.5}, "habitus must be in"),
+        ({"contrast": -100.0}, "contrast must be >= 0"),
+        ({"coverage": (10.0,)}, "coverage must be None or two margins"),
+    ],
+)
+def test_misread_trait_values_are_rejected(traits, message):
+    with pytest.raises(ValueError, match=message):
+        chest_phantom(seed=1, size=8, style="realistic", traits=traits)
+
+
 def test_unknown_trait_is_rejected():
     with pytest.raises(ValueError, match="unknown phantom traits"):
         chest_phantom(0, 16, traits={"arm": "down"})
