@@ -210,7 +210,7 @@ class MaskRefinerCommands:
         """
         from monai.bundle import run
 
-        from custom.core.io import save_json
+        from custom.core.io import atomic_path, save_json
         from custom.mask_refiner.data import setup_dataset
         from custom.mask_refiner.evaluation import evaluate_refiner
         from custom.mask_refiner.real_data import pool_evaluations, render_table
@@ -230,9 +230,17 @@ class MaskRefinerCommands:
             "learning_rate": as_float(learning_rate, "--learning_rate", above=0.0),
             "warmup_iterations": as_int(warmup_iterations, "--warmup_iterations", 0),
         }
+        if not shipped:
+            raise InputError("--shipped: give the generated-data weights to compare with (the bundle's model.pt)")
         for weights in [w for w in (init, shipped) if w]:
             if not Path(str(weights)).is_file():
                 raise InputError(f"{weights}: no such weights file")
+        # the starting weights by file, not by how their path was written: the same file given another way is the same
+        # run, a replaced one is not
+        init_id = ""
+        if init:
+            st = Path(str(init)).stat()
+            init_id = {"path": str(Path(str(init)).resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
         cfg = Path(bundle) / "configs" / "train.json"
         if not cfg.is_file():
             raise InputError(f"{bundle}: not a bundle folder (no configs/train.json)")
@@ -244,7 +252,7 @@ class MaskRefinerCommands:
             fold = out / test
             setup_dataset(real / f"fold_{test}", fold / "data")
             runs = fold / "runs"
-            done = {**settings, "init": str(init), "fold": plan[test]}
+            done = {**settings, "init": init_id, "bundle": str(Path(bundle).resolve()), "fold": plan[test]}
             if (runs / "finished.json").is_file():
                 before = json.loads((runs / "finished.json").read_text())
                 if before != done:
@@ -282,10 +290,11 @@ class MaskRefinerCommands:
                 evals[name].append(fold / f"eval_{name}" / "metrics.csv")
         summary = pool_evaluations(real / "cases.csv", evals)
         summary["folds"] = {t: plan[t] for t in chosen}
-        summary["training"] = {**settings, "init": str(init)}
+        summary["training"] = {**settings, "init": init_id}
         save_json(summary, out / "summary.json")
         table = render_table(summary)
-        (out / "table.md").write_text(table)
+        with atomic_path(out / "table.md", suffix=".md") as tmp:
+            Path(tmp).write_text(table)
         print(table)
 
 

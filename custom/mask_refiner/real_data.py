@@ -370,6 +370,11 @@ def build_real_slices(sample_dir, out_dir, control_fraction: float = 0.2) -> dic
     volumes = find_volumes(sample_dir)
     out = Path(out_dir)
     store = out / "slices"
+    # a rebuild (another control fraction, fewer patients) must not leave the previous run's slices beside the new
+    # splits: refiner-setup would take them in
+    for old in [store, *out.glob("fold_*")]:
+        if old.is_dir():
+            shutil.rmtree(old)
     rows, scores = [], {}
     for volume in volumes:
         for s in volume_slices(volume, control_fraction):
