@@ -117,10 +117,17 @@ def check_inference_request(
     variant="",
     tile_size=0,
     tile_overlap=0.25,
+    output_size=0,
 ) -> None:
-    """``inference.json`` (and a refiner's layer on top): refiner, grid, tiles, weights, inputs, a writable output
-    folder."""
+    """``inference.json`` (and a refiner's layer on top): refiner, grid, tiles, output size, weights, inputs, a
+    writable output folder."""
     kind = refiner_kind(refiner, variant)
+    refined = int(volume_size)  # the refiner's output side, whatever its input
+    if output_size not in (None, "", 0) and not (isinstance(output_size, int) and output_size >= refined):
+        raise InputError(
+            f"output_size {output_size!r}: give the side in voxels of the written CT, at least the refiner's "
+            f"{refined} (e.g. 256 for 1.25 mm voxels over the 320 mm cube), or 0 to keep {refined}"
+        )
     check_view_paths(frontal_path, lateral_path)
     check_refiner_inputs(kind, coarse_path, frontal_path, lateral_path)
     _check_grid(kind, volume_size, scale_factor, channels)

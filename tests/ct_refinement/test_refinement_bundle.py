@@ -238,8 +238,49 @@ def test_inference_b_from_the_two_xrays_runs_the_cascade_then_the_refiner(data):
         **tiny,
     )
     folder = out / case["case_id"]  # named after the X-rays' folder
-    assert nib.load(folder / "refined.nii.gz").shape == (TINY_B["volume_size"],) * 3
+    d = TINY_B["volume_size"]
+    refined = nib.load(folder / "refined.nii.gz")
+    assert refined.shape == (d,) * 3
     assert (folder / "coarse.nii.gz").is_file() and not (folder / "ground_truth.nii.gz").exists()
+
+    # output_size: the same run written at twice the side, trilinear, on the same cube (half the voxel size)
+    _run(
+        ["inference.json", "inference_detail.json"],
+        "infer",
+        data,
+        frontal_path=str(data / "prep" / case["frontal"]),
+        lateral_path=str(data / "prep" / case["lateral"]),
+        ckpt_path=str(data / "b_xrays.pt"),
+        cascade_checkpoint=str(data / "cascade_xrays.pt"),
+        cascade_network=CASCADE,
+        cascade_num_inference_steps=2,
+        cascade_num_samples=1,
+        output_dir=str(data / "infer_b_xrays_2x"),
+        output_size=2 * d,
+        **tiny,
+    )
+    fine = nib.load(data / "infer_b_xrays_2x" / case["case_id"] / "refined.nii.gz")
+    assert fine.shape == (2 * d,) * 3
+    np.testing.assert_allclose(np.diag(fine.affine)[:3], np.diag(refined.affine)[:3] / 2, rtol=1e-5)
+    corner = lambda img: img.affine[:3, :3] @ np.full(3, -0.5) + img.affine[:3, 3]  # noqa: E731  outer voxel corner
+    np.testing.assert_allclose(corner(fine), corner(refined), atol=1e-4)
+    expected = torch.nn.functional.interpolate(
+        torch.as_tensor(np.asarray(refined.dataobj))[None, None], size=(2 * d,) * 3, mode="trilinear"
+    )[0, 0].numpy()
+    np.testing.assert_allclose(np.asarray(fine.dataobj), expected, atol=0.5)  # HU, float32 round trips
+    with pytest.raises(Exception) as err:
+        _run(
+            ["inference.json", "inference_detail.json"],
+            "infer",
+            data,
+            frontal_path=str(data / "prep" / case["frontal"]),
+            lateral_path=str(data / "prep" / case["lateral"]),
+            ckpt_path=str(data / "b_xrays.pt"),
+            output_dir=str(data / "infer_b_small"),
+            output_size=d // 2,
+            **tiny,
+        )
+    assert any("output_size" in m and "at least the refiner's" in m for m in _input_errors(err))
 
 
 def test_multi_gpu_config_runs_two_gloo_processes_with_rank_zero_logging(tmp_path):
