@@ -222,43 +222,26 @@ def test_inference_b_from_the_two_xrays_runs_the_cascade_then_the_refiner(data):
     torch.manual_seed(0)
     torch.save(parser.get_parsed_content("network_def").state_dict(), data / "b_xrays.pt")
     torch.save({"model": CascadeDenoiser(**CASCADE).state_dict()}, data / "cascade_xrays.pt")
-    out = data / "infer_b_xrays"
-    _run(
-        ["inference.json", "inference_detail.json"],
-        "infer",
-        data,
-        frontal_path=str(data / "prep" / case["frontal"]),
-        lateral_path=str(data / "prep" / case["lateral"]),
-        ckpt_path=str(data / "b_xrays.pt"),
-        cascade_checkpoint=str(data / "cascade_xrays.pt"),
-        cascade_network=CASCADE,
-        cascade_num_inference_steps=2,
-        cascade_num_samples=1,
-        output_dir=str(out),
+    configs = ["inference.json", "inference_detail.json"]
+    views = {
+        "frontal_path": str(data / "prep" / case["frontal"]),
+        "lateral_path": str(data / "prep" / case["lateral"]),
+        "ckpt_path": str(data / "b_xrays.pt"),
+        "cascade_checkpoint": str(data / "cascade_xrays.pt"),
+        "cascade_network": CASCADE,
+        "cascade_num_inference_steps": 2,
+        "cascade_num_samples": 1,
         **tiny,
-    )
-    folder = out / case["case_id"]  # named after the X-rays' folder
+    }
+    _run(configs, "infer", data, output_dir=str(data / "infer_b_xrays"), **views)
+    folder = data / "infer_b_xrays" / case["case_id"]  # named after the X-rays' folder
     d = TINY_B["volume_size"]
     refined = nib.load(folder / "refined.nii.gz")
     assert refined.shape == (d,) * 3
     assert (folder / "coarse.nii.gz").is_file() and not (folder / "ground_truth.nii.gz").exists()
 
     # output_size: the same run written at twice the side, trilinear, on the same cube (half the voxel size)
-    _run(
-        ["inference.json", "inference_detail.json"],
-        "infer",
-        data,
-        frontal_path=str(data / "prep" / case["frontal"]),
-        lateral_path=str(data / "prep" / case["lateral"]),
-        ckpt_path=str(data / "b_xrays.pt"),
-        cascade_checkpoint=str(data / "cascade_xrays.pt"),
-        cascade_network=CASCADE,
-        cascade_num_inference_steps=2,
-        cascade_num_samples=1,
-        output_dir=str(data / "infer_b_xrays_2x"),
-        output_size=2 * d,
-        **tiny,
-    )
+    _run(configs, "infer", data, output_dir=str(data / "infer_b_xrays_2x"), output_size=2 * d, **views)
     fine = nib.load(data / "infer_b_xrays_2x" / case["case_id"] / "refined.nii.gz")
     assert fine.shape == (2 * d,) * 3
     np.testing.assert_allclose(np.diag(fine.affine)[:3], np.diag(refined.affine)[:3] / 2, rtol=1e-5)
@@ -269,17 +252,7 @@ def test_inference_b_from_the_two_xrays_runs_the_cascade_then_the_refiner(data):
     )[0, 0].numpy()
     np.testing.assert_allclose(np.asarray(fine.dataobj), expected, atol=0.5)  # HU, float32 round trips
     with pytest.raises(Exception) as err:
-        _run(
-            ["inference.json", "inference_detail.json"],
-            "infer",
-            data,
-            frontal_path=str(data / "prep" / case["frontal"]),
-            lateral_path=str(data / "prep" / case["lateral"]),
-            ckpt_path=str(data / "b_xrays.pt"),
-            output_dir=str(data / "infer_b_small"),
-            output_size=d // 2,
-            **tiny,
-        )
+        _run(configs, "infer", data, output_dir=str(data / "infer_b_small"), output_size=d // 2, **views)
     assert any("output_size" in m and "at least the refiner's" in m for m in _input_errors(err))
 
 
