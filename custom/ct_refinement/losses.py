@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from monai.losses import SSIMLoss
 from torch import nn
 
+from custom.core.losses import SeparableSSIMLoss
 from custom.core.networks.filters import laplacian_3d, sobel_3d
 from custom.core.networks.frequency import radial_frequency
 
@@ -121,7 +121,7 @@ class SuperResolutionLoss(_WeightedLoss):
         perceptual_key: str | None = None,
     ):
         super().__init__(weights, perceptual_weights, perceptual_key)
-        self.ssim = SSIMLoss(spatial_dims=3, data_range=float(data_range), win_size=int(ssim_win_size))
+        self.ssim = SeparableSSIMLoss(data_range=float(data_range), win_size=int(ssim_win_size))
 
     def forward(self, pred, target: torch.Tensor) -> torch.Tensor:
         preds = list(pred) if isinstance(pred, (list, tuple)) else [pred]

@@ -41,3 +41,16 @@ def test_sobel_measures_the_slope_along_each_axis_and_zero_on_constants():
 def test_filters_reject_non_volumes():
     with pytest.raises(ValueError, match="B, C, D, H, W"):
         laplacian_3d(torch.zeros(1, 8, 8))
+
+
+def test_filters_give_monais_separable_filtering_numbers():
+    """The shifted-view passes are a speed change only: the same numbers as MONAI's separable_filtering."""
+    from monai.networks.layers import separable_filtering
+
+    from custom.core.networks.filters import _filter
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 8, 7)
+    for kernels in [((-0.5, 0.0, 0.5), (0.25, 0.5, 0.25), (0.25, 0.5, 0.25)), ((1.0,), (1.0, -2.0, 1.0), (1.0,))]:
+        ref = separable_filtering(x, [torch.tensor(k) for k in kernels], mode="replicate")
+        assert torch.allclose(_filter(x, kernels), ref, atol=1e-6)

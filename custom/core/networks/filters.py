@@ -2,15 +2,20 @@
 
 Inputs are (B, C, D, H, W) tensors; outputs keep the spatial size. Borders are replicated before filtering, so a
 constant volume has exactly zero Laplacian and zero gradient everywhere, borders included (zero padding would
-turn the volume's edge into a spurious step). Both are built on MONAI's ``separable_filtering``: the 7-point
-Laplacian is the sum of three separable second differences, and each Sobel component is a central difference
-along one axis smoothed by [1, 2, 1] along the other two. MONAI's ``LaplaceFilter`` pads with zeros, hence these.
+turn the volume's edge into a spurious step). Both are separable: the 7-point Laplacian is the sum of three
+second differences, and each Sobel component is a central difference along one axis smoothed by [1, 2, 1] along
+the other two. MONAI's ``LaplaceFilter`` pads with zeros, hence these; and the 1D passes are weighted sums of
+shifted views rather than MONAI's ``separable_filtering``, whose one-channel 3D convolutions with (k, 1, 1) kernels
+give the same numbers more than ten times slower on a CPU (Sobel of 4 x 64^3, forward and backward, one thread:
+3.0 s against 0.26 s).
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
-from monai.networks.layers import separable_filtering
+import torch.nn.functional as F
 from torch import nn
 
 _DIFF2 = (1.0, -2.0, 1.0)
@@ -24,9 +29,44 @@ def _check(x: torch.Tensor) -> None:
         raise ValueError(f"expected a (B, C, D, H, W) tensor, got shape {tuple(x.shape)}")
 
 
+def _correlate_valid(x: torch.Tensor, kernel: Sequence[float], dim: int) -> torch.Tensor:
+    """``out[j] = sum_i kernel[i] x[j + i]`` along ``dim`` (PyTorch's convolution convention, no padding): the
+    result is ``len(kernel) - 1`` voxels shorter there."""
+    n = x.shape[dim] - len(kernel) + 1
+    if n < 1:
+        raise ValueError(
+            f"a {len(kernel)}-tap filter needs at least {len(kernel)} voxels along dim {dim}, got {x.shape}"
+        )
+    out = None
+    for i, w in enumerate(kernel):
+        w = float(w)
+        if w:
+            term = x.narrow(dim, i, n) * w
+            out = term if out is None else out + term
+    return out if out is not None else x.narrow(dim, 0, n) * 0.0
+
+
+def valid_separable_filter(x: torch.Tensor, kernel: Sequence[float]) -> torch.Tensor:
+    """The 1D ``kernel`` applied along each spatial axis of (B, C, D, H, W) ``x`` without padding (each side
+    shrinks by ``len(kernel) - 1``), e.g. the Gaussian window of SSIM."""
+    _check(x)
+    for dim in (2, 3, 4):
+        x = _correlate_valid(x, kernel, dim)
+    return x
+
+
 def _filter(x: torch.Tensor, kernels) -> torch.Tensor:
-    ks = [torch.tensor(k, dtype=torch.float32, device=x.device) for k in kernels]
-    return separable_filtering(x.float(), ks, mode="replicate")
+    """One 1D kernel per spatial axis (odd lengths), borders replicated: the output keeps the input's size."""
+    x = x.float()
+    for dim, k in zip((2, 3, 4), kernels):
+        if len(k) == 1:
+            x = x * float(k[0])
+            continue
+        half = (len(k) - 1) // 2
+        pad = [0] * 6
+        pad[2 * (4 - dim)], pad[2 * (4 - dim) + 1] = half, half  # F.pad lists the last dimension first
+        x = _correlate_valid(F.pad(x, pad, mode="replicate"), k, dim)
+    return x
 
 
 def laplacian_3d(x: torch.Tensor) -> torch.Tensor:
