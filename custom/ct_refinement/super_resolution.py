@@ -36,6 +36,10 @@ class SuperResolutionRefiner(nn.Module):
         residual_scale: factor of the learned correction (0.1 by default: small corrections to a sound base).
         se_reduction: squeeze ratio of the channel attention.
         deep_supervision: in training mode, return the outputs of every scale (finest first).
+        channels_last: keep weights and activations in NDHWC. On a CPU oneDNN runs these small 3D convolutions
+            (8 to 64 channels) faster in that layout, the backward pass most (measured on 2 cores, 16 crop pairs of
+            16^3 -> 64^3 at channels 32/16/8: 13-45 s contiguous against 9-10 s); the weights are the same either
+            way.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class SuperResolutionRefiner(nn.Module):
         residual_scale: float = 0.1,
         se_reduction: int = 4,
         deep_supervision: bool = True,
+        channels_last: bool = False,
     ):
         super().__init__()
         r = int(scale_factor)
@@ -74,12 +79,14 @@ class SuperResolutionRefiner(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
             self.heads.append(head)
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
 
     def corrections(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The learned corrections at every scale, coarsest first: [(B, C, D, ...), (B, C, 2D, ...), ...]."""
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected a coarse CT (B, {self.in_channels}, D, H, W), got shape {tuple(x.shape)}")
-        h = self.stem(x)
+        h = self.stem(x.contiguous(memory_format=self.memory_format))
         out = []
         for k, stage in enumerate(self.stages):
             if k > 0:
@@ -93,7 +100,7 @@ class SuperResolutionRefiner(nn.Module):
         outs = []
         for k, c in enumerate(corr):
             base = x if k == 0 else F.interpolate(x, scale_factor=2**k, mode="trilinear", align_corners=False)
-            outs.append(base + self.residual_scale * c)
+            outs.append((base + self.residual_scale * c).contiguous())
         outs = outs[::-1]
         if self.training and self.deep_supervision:
             return outs

@@ -40,3 +40,20 @@ def test_bad_arguments_and_inputs():
         SuperResolutionRefiner(scale_factor=4, channels=(8, 4))
     with pytest.raises(ValueError, match="coarse CT"):
         SuperResolutionRefiner(1, 2, (4, 4), (1, 1))(torch.rand(1, 2, 4, 4, 4))
+
+
+def test_channels_last_is_a_layout_only_same_weights_same_numbers():
+    torch.manual_seed(0)
+    plain = SuperResolutionRefiner(channels=(8, 4, 4), num_blocks=(1, 1, 1))
+    for p in plain.parameters():  # non-zero heads, so the correction is part of what is compared
+        torch.nn.init.normal_(p, std=0.1)
+    fast = SuperResolutionRefiner(channels=(8, 4, 4), num_blocks=(1, 1, 1), channels_last=True)
+    fast.load_state_dict(plain.state_dict(), strict=True)
+    assert fast.stem.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    x = torch.randn(2, 1, 6, 6, 6)
+    plain.train(), fast.train()
+    outs_plain, outs_fast = plain(x), fast(x)
+    for a, b in zip(outs_plain, outs_fast):
+        assert b.is_contiguous() and torch.allclose(a, b, atol=1e-5)
+    sum(o.mean() for o in outs_fast).backward()
+    assert fast.stem.weight.grad is not None
