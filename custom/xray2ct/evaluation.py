@@ -132,6 +132,7 @@ def _with_steps(inferer, steps: int):
         roi_size=inferer.roi_size,
         overlap=inferer.overlap,
         sw_batch_size=inferer.sw_batch_size,
+        start_strength=inferer.sampler.strength,
     )
 
 

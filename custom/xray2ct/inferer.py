@@ -31,6 +31,9 @@ class DDIMInferer(Inferer):
             run on at each step, with MONAI's sliding-window blending; None or at least D: the whole volume at once.
         overlap: overlap of neighbouring tiles (fraction of ``roi_size``); tiles are blended with Gaussian weights.
         sw_batch_size: tiles run through the network at once (more uses more memory and keeps a GPU busier).
+        start_strength: for a super-resolution stage, where sampling starts: 1 from pure noise, less from the
+            previous stage's upsampled output noised to that fraction of the schedule (see
+            :class:`custom.xray2ct.ddim.DDIMSampler`); the steps are spread over that part of the schedule.
     """
 
     def __init__(
@@ -48,13 +51,16 @@ class DDIMInferer(Inferer):
         roi_size: int | None = None,
         overlap: float = 0.25,
         sw_batch_size: int = 1,
+        start_strength: float = 1.0,
     ):
         super().__init__()
         self.roi_size = int(roi_size) if roi_size else None
         self.overlap = float(overlap)
         self.sw_batch_size = int(sw_batch_size)
         self.volume_size = int(volume_size)
-        self.sampler = DDIMSampler(cosine_alpha_bar(num_train_timesteps), num_inference_steps, eta, clip_x0)
+        self.sampler = DDIMSampler(
+            cosine_alpha_bar(num_train_timesteps), num_inference_steps, eta, clip_x0, strength=start_strength
+        )
         self.num_samples = int(num_samples)
         self.seed = seed
         self.guidance, self.guidance_scale = guidance, float(guidance_scale)
@@ -70,10 +76,19 @@ class DDIMInferer(Inferer):
         guidance = None
         if self.guidance is not None and self.guidance_scale > 0:
             guidance = lambda x0: self.guidance(x0, cond["xrays"])  # noqa: E731
+        x_init = cond.get("prev")
         if hasattr(network, "lift_xrays"):
             network, cond = self._tiled(network, cond, d), {}
         x = self.sampler.sample(
-            network, (b * k, 1, d, d, d), cond, gen, inputs.device, guidance, self.guidance_scale, self.progress
+            network,
+            (b * k, 1, d, d, d),
+            cond,
+            gen,
+            inputs.device,
+            guidance,
+            self.guidance_scale,
+            self.progress,
+            x_init=x_init,
         )
         x = x.view(b, k, 1, d, d, d)
         self.last_std = x.std(dim=1) if k > 1 else torch.zeros_like(x[:, 0])
@@ -242,6 +257,7 @@ def build_cascade(first: DDIMInferer, first_xray_size: int, later, run="1", devi
             roi_size=s.get("roi_size"),
             overlap=float(s.get("overlap", 0.25)),
             sw_batch_size=int(s.get("sw_batch_size", 1)),
+            start_strength=float(s.get("start_strength", 1.0)),
         )
         stages.append({"network": net, "inferer": inferer, "xray_size": int(s["xray_size"])})
     return CascadeInferer(stages, run)

@@ -116,3 +116,51 @@ def test_rejects_bad_settings():
         DDIMSampler(cosine_alpha_bar(T), 0)
     with pytest.raises(ValueError):
         DDIMSampler(cosine_alpha_bar(T), 10, eta=-1)
+    with pytest.raises(ValueError, match="strength"):
+        DDIMSampler(cosine_alpha_bar(T), 10, strength=0.0)
+    with pytest.raises(ValueError, match="strength"):
+        DDIMSampler(cosine_alpha_bar(T), 10, strength=1.5)
+
+
+def _spy():
+    seen = []
+
+    def net(x_t, t01, **kwargs):
+        seen.append(int(round(float(t01[0]) * T)))
+        return torch.zeros_like(x_t)
+
+    return net, seen
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_partial_start_walks_the_rest_of_the_schedule_from_the_noised_guess(steps):
+    torch.manual_seed(4)
+    guess = torch.rand(2, 1, 5, 5, 5) * 2 - 1
+    sampler = DDIMSampler(cosine_alpha_bar(T), steps, strength=0.3)
+    net, seen = _spy()
+    sampler.sample(net, guess.shape, generator=torch.Generator().manual_seed(0), x_init=guess)
+    assert seen[0] == round(0.3 * (T - 1)) and seen[-1] == (0 if steps > 1 else seen[0]) and len(seen) == steps
+    # a network that is perfect for the guess returns the guess: the start is the forward process applied to it
+    out = sampler.sample(perfect_v(guess), guess.shape, generator=torch.Generator().manual_seed(0), x_init=guess)
+    assert torch.allclose(out, guess, atol=1e-4)
+
+
+def test_full_strength_ignores_the_guess():
+    guess = torch.ones(1, 1, 4, 4, 4)
+    sampler = DDIMSampler(cosine_alpha_bar(T), 4)
+    net = lambda x, t: 0.1 * x  # noqa: E731
+    plain = sampler.sample(net, guess.shape, generator=torch.Generator().manual_seed(5))
+    given = sampler.sample(net, guess.shape, generator=torch.Generator().manual_seed(5), x_init=guess)
+    assert torch.equal(plain, given)
+
+
+def test_inferer_starts_a_later_stage_from_its_upsampled_input():
+    from custom.xray2ct.inferer import DDIMInferer
+
+    net, seen = _spy()
+    prev = torch.zeros(1, 1, 4, 4, 4)
+    DDIMInferer(4, T, 2, start_strength=0.2)(torch.zeros(1, 2, 8, 8), net, prev=prev)
+    assert seen == [round(0.2 * (T - 1)), 0]
+    seen.clear()
+    DDIMInferer(4, T, 2)(torch.zeros(1, 2, 8, 8), net, prev=prev)
+    assert seen == [T - 1, 0]
