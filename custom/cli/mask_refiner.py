@@ -6,9 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from custom.cli.common import BUNDLES_DIR, as_choice, as_float, as_int, json_dict, need_dir, need_dir_path
+from custom.cli.common import BUNDLES_DIR, as_bool, as_choice, as_float, as_int, json_dict, need_dir, need_dir_path
 from custom.core.bundle import load_bundle_network, make_parser, read_bundle_config
 from custom.core.errors import InputError
+
+SAFEGUARD_RULE = (
+    "min_change chosen per fold on its validation patients only: the value of 0, 0.01, ..., 1 with the best mean "
+    "Dice of the trained model there, the largest among equals"
+)
 
 
 class MaskRefinerCommands:
@@ -184,6 +189,7 @@ class MaskRefinerCommands:
         folds: str = "",
         bundle: str = str(BUNDLES_DIR / "mask_refiner_2d"),
         shipped: str = str(BUNDLES_DIR / "mask_refiner_2d" / "models" / "model.pt"),
+        safeguard: bool = True,
     ):
         """Leave-one-patient-out training and evaluation of the refiner on real slices (refiner-real output).
 
@@ -194,6 +200,12 @@ class MaskRefinerCommands:
         and OUT_DIR/table.md: Dice of coarse vs refined and the harm rate per patient, per scan and structure, and
         pooled. A fold whose training finished before with the same settings (runs/finished.json) is evaluated
         again without retraining; one finished with other settings is refused.
+
+        The refiners are trained and evaluated without the bundle's abstention safeguard (min_change 0). With
+        --safeguard (the default), each fold then chooses min_change on its validation patients only (refiner-evaluate
+        of the trained model on them into OUT_DIR/<patient>/eval_<model>_val; the value with the best mean Dice, the
+        largest among equals) and evaluates the trained model with it on the held-out patient into
+        OUT_DIR/<patient>/eval_<model>_guarded: the "<model>+guard" columns and the per-fold choices in the tables.
 
         Args:
             real_dir: the refiner-real output folder.
@@ -207,13 +219,15 @@ class MaskRefinerCommands:
             folds: comma-separated held-out patients to run (default: every fold of folds.json).
             bundle: the mask_refiner_2d bundle folder.
             shipped: the generated-data weights evaluated zero-shot next to the fine-tuned ones.
+            safeguard: also choose the safeguard's min_change per fold on its validation patients and evaluate it.
         """
         from monai.bundle import run
 
         from custom.core.io import atomic_path, save_json
         from custom.mask_refiner.data import setup_dataset
         from custom.mask_refiner.evaluation import evaluate_refiner
-        from custom.mask_refiner.real_data import pool_evaluations, render_table
+        from custom.mask_refiner.real_data import pool_evaluations, read_rows, render_table
+        from custom.mask_refiner.safeguard import choose_min_change
 
         real = Path(str(real_dir))
         if not (real / "folds.json").is_file():
@@ -230,6 +244,7 @@ class MaskRefinerCommands:
             "learning_rate": as_float(learning_rate, "--learning_rate", above=0.0),
             "warmup_iterations": as_int(warmup_iterations, "--warmup_iterations", 0),
         }
+        safeguard = as_bool(safeguard, "--safeguard")
         if not shipped:
             raise InputError("--shipped: give the generated-data weights to compare with (the bundle's model.pt)")
         for weights in [w for w in (init, shipped) if w]:
@@ -245,9 +260,14 @@ class MaskRefinerCommands:
         if not cfg.is_file():
             raise InputError(f"{bundle}: not a bundle folder (no configs/train.json)")
         out = need_dir(out_dir)
-        shipped_net, _ = load_bundle_network(bundle, shipped)
+        # the refiners as they are, without the bundle's default safeguard: "before" columns, and the unguarded
+        # outputs the fold's min_change is chosen on
+        plain = {"min_change": 0.0}
+        shipped_net, _ = load_bundle_network(bundle, shipped, plain)
         trained = "finetuned" if init else "scratch"
-        evals = {"shipped": [], trained: []}
+        guarded = f"{trained}+guard"
+        evals = {"shipped": [], trained: [], **({guarded: []} if safeguard else {})}
+        choices = {}
         for test in chosen:
             fold = out / test
             setup_dataset(real / f"fold_{test}", fold / "data")
@@ -276,21 +296,35 @@ class MaskRefinerCommands:
                     }
                     save_json(start, runs / "init_from.json")
                     configs.append(str(runs / "init_from.json"))
+                # model selection on the unguarded validation Dice, as the folds trained before the safeguard existed
                 run(
                     config_file=configs,
                     bundle_root=str(bundle),
                     dataset_dir=str(fold / "data"),
                     output_dir=str(runs),
+                    **plain,
                     **settings,
                 )
                 save_json(done, runs / "finished.json")
-            net, _ = load_bundle_network(bundle, runs / "model.pt")
+            net, _ = load_bundle_network(bundle, runs / "model.pt", plain)
             for name, model in ((trained, net), ("shipped", shipped_net)):
                 evaluate_refiner(model, fold / "data", "test", fold / f"eval_{name}")
                 evals[name].append(fold / f"eval_{name}" / "metrics.csv")
+            if safeguard:
+                evaluate_refiner(net, fold / "data", "val", fold / f"eval_{trained}_val")
+                choice = choose_min_change(read_rows(fold / f"eval_{trained}_val" / "metrics.csv"))
+                net_guarded, _ = load_bundle_network(bundle, runs / "model.pt", {"min_change": choice["min_change"]})
+                evaluate_refiner(net_guarded, fold / "data", "test", fold / f"eval_{trained}_guarded")
+                evals[guarded].append(fold / f"eval_{trained}_guarded" / "metrics.csv")
+                # reported, never used for the choice: how many held-out images the guard gave back unchanged
+                changes = [float(r["mask_change"]) for r in read_rows(fold / f"eval_{trained}" / "metrics.csv")]
+                held_out = sum(0 < c < choice["min_change"] for c in changes)
+                choices[test] = {"val": plan[test]["val"], **choice, "held_out_abstained": held_out}
         summary = pool_evaluations(real / "cases.csv", evals)
         summary["folds"] = {t: plan[t] for t in chosen}
         summary["training"] = {**settings, "init": init_id}
+        if safeguard:
+            summary["safeguard"] = {"model": trained, "rule": SAFEGUARD_RULE, "folds": choices}
         save_json(summary, out / "summary.json")
         table = render_table(summary)
         with atomic_path(out / "table.md", suffix=".md") as tmp:

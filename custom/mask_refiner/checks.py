@@ -15,10 +15,22 @@ def check_threshold(threshold, name: str = "threshold") -> float:
     return as_float(threshold, name, 0.0, 1.0, hint=" (a probability)")
 
 
+def check_min_change_setting(min_change) -> float:
+    """The refiner's abstention safeguard: a share of the mask in [0, 1] (see custom.mask_refiner.safeguard)."""
+    from custom.mask_refiner.safeguard import check_min_change
+
+    try:
+        return check_min_change(min_change)
+    except ValueError as e:
+        raise InputError(f"{e}; 0 turns the safeguard off") from None
+
+
 @bundle_check
-def check_inference_request(ckpt_path, output_dir, image_path="", probabilities_path="", threshold=0.5) -> None:
-    """``inference.json``: weights, the image with its probability map (or neither: the sample), the threshold and a
-    writable output folder."""
+def check_inference_request(
+    ckpt_path, output_dir, image_path="", probabilities_path="", threshold=0.5, min_change=0.0
+) -> None:
+    """``inference.json``: weights, the image with its probability map (or neither: the sample), the threshold, the
+    safeguard's ``min_change`` and a writable output folder."""
     need_file(ckpt_path, "ckpt_path", "; set ckpt_path to a trained model.pt (the bundle ships one)")
     if image_path or probabilities_path:
         if not probabilities_path:
@@ -31,18 +43,23 @@ def check_inference_request(ckpt_path, output_dir, image_path="", probabilities_
         need_file(image_path, "image_path")
         need_file(probabilities_path, "probabilities_path")
     check_threshold(threshold)
+    check_min_change_setting(min_change)
     writable_dir(output_dir, "output_dir")
 
 
 @bundle_check
-def check_training_request(output_dir, dataset_dir, threshold=0.5, max_epochs=1, val_interval=1) -> None:
-    """``train.json`` and the configs layered on it: the dataset, threshold, epochs and a writable output folder."""
+def check_training_request(
+    output_dir, dataset_dir, threshold=0.5, min_change=0.0, max_epochs=1, val_interval=1
+) -> None:
+    """``train.json`` and the configs layered on it: the dataset, threshold, the safeguard's ``min_change`` (it acts
+    in validation), epochs and a writable output folder."""
     if not (Path(str(dataset_dir)) / "refiner_splits.json").is_file():
         raise InputError(
             f"dataset_dir {dataset_dir}: not a refiner dataset (no refiner_splits.json); make one with "
             "`python -m custom refiner-setup`"
         )
     check_threshold(threshold)
+    check_min_change_setting(min_change)
     as_int(max_epochs, "max_epochs", 1)
     as_int(val_interval, "val_interval", 1)
     writable_dir(output_dir, "output_dir")

@@ -2,7 +2,8 @@
 
 Per image: Dice and IoU (an empty prediction of an empty mask scores 1, so control images count instead of being
 dropped), HD95 and surface Dice (MONAI metrics, with pixel spacing; HD95 is undefined when either mask is empty and
-is then left out of its mean, with the count reported), and the false-positive area on control images. Summary:
+is then left out of its mean, with the count reported), the false-positive area on control images, and the mask
+change (1 - Dice between the coarse and refined masks, what the refiner's ``min_change`` safeguard reads). Summary:
 means, per-image Dice deltas, the share of images made worse, the gain per coarse-Dice quintile, and the gain on the
 hard group (coarse Dice at or below the training set's hard threshold).
 """
@@ -19,6 +20,7 @@ from monai.metrics import HausdorffDistanceMetric, MeanIoU, SurfaceDiceMetric
 
 from custom.core.io import save_report
 from custom.mask_refiner.data import MASK_THRESHOLD, dice, load_case
+from custom.mask_refiner.safeguard import mask_change
 
 HARM_TOLERANCE = 1e-3  # a Dice drop smaller than this is rounding, not harm
 
@@ -50,7 +52,8 @@ def evaluate_refiner(network, data_dir, split: str = "test", out_dir=None, spaci
     for pid in splits[split]:
         x, gt = load_case(data_dir / pid)
         gt = gt > 0.5
-        prob = torch.sigmoid(network(torch.from_numpy(x)[None].to(device))[0, 0].float()).cpu().numpy()
+        logits = network(torch.from_numpy(x)[None].to(device))[:, 0].float().cpu()
+        prob = torch.sigmoid(logits[0]).numpy()
         coarse, refined = x[1] > MASK_THRESHOLD, prob > MASK_THRESHOLD
         control = not gt.any()
         row = {"case_id": pid, "control": control, "height": gt.shape[0]}
@@ -59,6 +62,7 @@ def evaluate_refiner(network, data_dir, split: str = "test", out_dir=None, spaci
                 row[f"{name}_{k}"] = v
             row[f"{name}_fp_area"] = float(pred[~gt].sum() * spacing[0] * spacing[1])
         row["delta_dice"] = row["refined_dice"] - row["coarse_dice"]
+        row["mask_change"] = float(mask_change(torch.from_numpy(x[1])[None], logits)[0])
         rows.append(row)
 
     def mean(key, sel):

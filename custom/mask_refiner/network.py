@@ -10,6 +10,10 @@ image, the entropy of the probability map, the signed distance to the coarse mas
 * The network predicts a correction to the coarse logits, ``logit(p_coarse) + correction``, with the correction
   head initialised to zero: an untrained refiner returns the coarse mask, so training starts from "do no harm".
 * Any height and width work: the input is padded to a multiple of 8 internally and the output cropped back.
+* ``min_change`` (eval mode only): per image, the refiner abstains and returns the coarse logits when its mask would
+  differ from the coarse mask by less than this (1 - Dice between the two masks); see
+  :mod:`custom.mask_refiner.safeguard`. Training ignores it: an abstained image would have no gradient, and the
+  zero-initialised correction would abstain on every image.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import CrossAttentionBlock
 from monai.networks.nets.attentionunet import AttentionBlock
 from torch import nn
+
+from custom.mask_refiner.safeguard import abstain_small_changes, check_min_change
 
 PROB_CHANNELS = (0, 1, 3, 4)  # softmax bg, softmax fg, entropy, distance
 
@@ -45,6 +51,8 @@ class RefinerUNet(nn.Module):
         prob_channels: indices of the probability-derived input channels fed to the second encoder.
         num_heads: heads of the bottleneck cross-attention.
         fg_channel: index of the coarse foreground probability (the residual is added to its logit).
+        min_change: in eval mode, the smallest change of the mask (1 - Dice between coarse and refined masks, in
+            [0, 1]) that the refiner keeps; below it the image's output is the coarse logits. 0: always refine.
     """
 
     def __init__(
@@ -54,8 +62,10 @@ class RefinerUNet(nn.Module):
         prob_channels: Sequence[int] = PROB_CHANNELS,
         num_heads: int = 4,
         fg_channel: int = 1,
+        min_change: float = 0.0,
     ):
         super().__init__()
+        self.min_change = check_min_change(min_change)
         c = list(channels)
         self.prob_channels = list(prob_channels)
         self.fg_channel = fg_channel
@@ -95,5 +105,9 @@ class RefinerUNet(nn.Module):
             up = F.interpolate(f, size=skips[i].shape[-2:], mode="bilinear", align_corners=False)
             f = self.dec[i](torch.cat([up, self.gates[i](up, skips[i])], dim=1))
         correction = self.head(f)[..., :h, :w]
-        coarse = x[:, self.fg_channel : self.fg_channel + 1].clamp(1e-4, 1 - 1e-4)
-        return torch.logit(coarse) + correction
+        prob = x[:, self.fg_channel : self.fg_channel + 1]
+        coarse = torch.logit(prob.clamp(1e-4, 1 - 1e-4))
+        refined = coarse + correction
+        if self.training or self.min_change <= 0:
+            return refined
+        return abstain_small_changes(refined, coarse, prob, self.min_change)

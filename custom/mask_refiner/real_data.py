@@ -441,7 +441,8 @@ def summarize_coarse(rows: list) -> list:
 # --------------------------------------------------------------------------------------------- reporting
 
 
-def _read_csv(path) -> list:
+def read_rows(path) -> list:
+    """The rows of a CSV (an evaluation's ``metrics.csv``, ``cases.csv``) as dicts of strings."""
     import csv
 
     with open(path, newline="") as f:
@@ -473,12 +474,12 @@ def pool_evaluations(cases_csv, evals: dict) -> dict:
     """
     from custom.mask_refiner.evaluation import HARM_TOLERANCE
 
-    info = {r["case"]: r for r in _read_csv(cases_csv)}
+    info = {r["case"]: r for r in read_rows(cases_csv)}
     per_model = {}
     for name, paths in evals.items():
         rows = []
         for path in paths:
-            for r in _read_csv(path):
+            for r in read_rows(path):
                 if r["case_id"] not in info:
                     raise InputError(f"{path}: case {r['case_id']} is not in {cases_csv}")
                 meta = info[r["case_id"]]
@@ -538,4 +539,26 @@ def render_table(summary: dict) -> str:
     out += [line(g) for g in summary["groups"] if g["kind"] in ("patient", "all")]
     out += ["", head.format("patient, scan, structure") + " |", rule]
     out += [line(g) for g in summary["groups"] if g["kind"] in ("scan", "scan type")]
+    if summary.get("safeguard"):
+        out += ["", render_safeguard(summary["safeguard"]).rstrip("\n")]
+    return "\n".join(out) + "\n"
+
+
+def render_safeguard(safeguard: dict) -> str:
+    """Markdown table of the safeguard's per-fold choice: the validation patients, min_change, and there the mean
+    Dice and harm rate of the trained model without and with it."""
+    m = safeguard["model"]
+    out = [
+        f"Safeguard: {safeguard['rule']}. From 'images' to 'abstained': the validation patients' images; the last "
+        "column counts the held-out images given back unchanged.",
+        "",
+        f"| held-out patient | chosen on (validation) | images | min_change | coarse Dice | {m}: refined Dice | "
+        f"{m}+guard: refined Dice | {m}: harm | {m}+guard: harm | abstained | held-out abstained |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for test, c in safeguard["folds"].items():
+        cells = [test, ", ".join(c["val"]), str(c["images"]), f"{c['min_change']:.2f}", f"{c['coarse_dice']:.3f}"]
+        cells += [f"{c['refined_dice']:.3f}", f"{c['guarded_dice']:.3f}", f"{100 * c['harm_rate']:.0f}%"]
+        cells += [f"{100 * c['guarded_harm_rate']:.0f}%", str(c["abstained"]), str(c.get("held_out_abstained", ""))]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"

@@ -22,9 +22,11 @@ from custom.mask_refiner.real_data import (
     patient_folds,
     pet_probability,
     pool_evaluations,
+    read_rows,
     render_table,
     select_slices,
 )
+from custom.mask_refiner.safeguard import choose_min_change, guarded_dice
 
 CT_SHAPE, PET_SHAPE = (8, 32, 32), (8, 16, 16)  # (Z, Y, X); PET voxels twice as wide, as in the real set
 TUMOUR_SLICES = range(2, 6)
@@ -257,11 +259,28 @@ def test_crossval_fine_tunes_evaluates_and_resumes(sample, tmp_path):
     assert "tensors loaded, 0 kept their initialisation" in r.stdout + r.stderr  # started from the shipped weights
     summary = json.loads((cv / "summary.json").read_text())
     overall = next(g for g in summary["groups"] if g["kind"] == "all")
-    assert summary["models"] == ["shipped", "finetuned"] and summary["folds"]["STS_002"]["test"] == ["STS_002"]
+    assert summary["models"] == ["shipped", "finetuned", "finetuned+guard"]
+    assert summary["folds"]["STS_002"]["test"] == ["STS_002"]
     assert overall["images"] == sum(1 for row in _cases(real) if row["patient"] == "STS_002")
     assert 0 <= overall["finetuned"]["harm_rate"] <= 1 and "| all |" in (cv / "table.md").read_text()
     assert (cv / "STS_002" / "runs" / "finished.json").is_file()
-    r = run_cli(*args, "--val_interval", 1)  # finished folds are evaluated again, not retrained
+    # the safeguard is chosen on the validation patient, and the guarded network's held-out masks are exactly those
+    # the choice assumed: the coarse mask where the unguarded change is below min_change, the refined one elsewhere
+    choice = summary["safeguard"]["folds"]["STS_002"]
+    assert choice["val"] == summary["folds"]["STS_002"]["val"] and 0 <= choice["min_change"] <= 1
+    val_rows = read_rows(cv / "STS_002" / "eval_finetuned_val" / "metrics.csv")
+    patient_of = {row["case"]: row["patient"] for row in _cases(real)}
+    assert {patient_of[r["case_id"]] for r in val_rows} == set(choice["val"])
+    assert choose_min_change(val_rows) == {k: v for k, v in choice.items() if k not in ("val", "held_out_abstained")}
+    plain = read_rows(cv / "STS_002" / "eval_finetuned" / "metrics.csv")
+    guarded = read_rows(cv / "STS_002" / "eval_finetuned_guarded" / "metrics.csv")
+    assert [r["case_id"] for r in plain] == [r["case_id"] for r in guarded]
+    expected = guarded_dice(plain, choice["min_change"])
+    assert np.allclose([float(r["refined_dice"]) for r in guarded], expected, rtol=0, atol=1e-12)
+    assert "min_change" in (cv / "table.md").read_text()
+    r = run_cli(*args, "--val_interval", 1, "--safeguard", "false")  # finished folds are evaluated, not retrained
     assert r.returncode == 0 and "tensors loaded" not in r.stdout + r.stderr
+    summary = json.loads((cv / "summary.json").read_text())
+    assert summary["models"] == ["shipped", "finetuned"] and "safeguard" not in summary
     r = run_cli(*args, "--val_interval", 1, "--learning_rate", 0.01)  # never a model of other settings
     assert r.returncode == 2 and "trained before with other settings" in r.stderr
