@@ -79,14 +79,16 @@ class SuperResolutionRefiner(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
             self.heads.append(head)
-        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-        self.to(memory_format=self.memory_format)
+        self.channels_last = bool(channels_last)  # a bool, not a torch.memory_format: the module stays picklable
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last_3d)
 
     def corrections(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The learned corrections at every scale, coarsest first: [(B, C, D, ...), (B, C, 2D, ...), ...]."""
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected a coarse CT (B, {self.in_channels}, D, H, W), got shape {tuple(x.shape)}")
-        h = self.stem(x.contiguous(memory_format=self.memory_format))
+        layout = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        h = self.stem(x.contiguous(memory_format=layout))
         out = []
         for k, stage in enumerate(self.stages):
             if k > 0:

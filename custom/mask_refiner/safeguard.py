@@ -45,7 +45,7 @@ def mask_change(coarse_prob: torch.Tensor, refined_logits: torch.Tensor, thresho
     Returns:
         (B,) float64 tensor in [0, 1]: 0 = the same mask, 1 = disjoint masks.
     """
-    # the refined mask exactly as the writer and the evaluation make it (sigmoid, then the threshold)
+    # the refined mask as the writer and the evaluation make it at the bundle's threshold (sigmoid, then 0.5 by default)
     coarse = (coarse_prob > threshold).flatten(1)
     refined = (torch.sigmoid(refined_logits.float()) > threshold).flatten(1)
     # float64, so that a change written to a CSV and read back compares with min_change as it did here

@@ -239,6 +239,8 @@ def build_cascade(first: DDIMInferer, first_xray_size: int, later, run="1", devi
     one's weights must load strictly. ``load_network(number, network, ckpt_path)`` gives a stage's network
     (default :func:`load_stage_network` on ``device``; a server passes one that keeps networks between requests).
     """
+    from custom.core.options import as_float
+
     numbers = parse_stages(run, 1 + len(later))
     if numbers == [1]:
         return first
@@ -257,7 +259,13 @@ def build_cascade(first: DDIMInferer, first_xray_size: int, later, run="1", devi
             roi_size=s.get("roi_size"),
             overlap=float(s.get("overlap", 0.25)),
             sw_batch_size=int(s.get("sw_batch_size", 1)),
-            start_strength=float(s.get("start_strength", 1.0)),
+            start_strength=as_float(
+                s.get("start_strength", 1.0),
+                f"stage{number}#start_strength",
+                maximum=1.0,
+                above=0.0,
+                hint=" (1 starts from noise, less from the previous stage's output)",
+            ),
         )
         stages.append({"network": net, "inferer": inferer, "xray_size": int(s["xray_size"])})
     return CascadeInferer(stages, run)

@@ -1,5 +1,7 @@
 """Variant A: residual super-resolution refiner."""
 
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,3 +59,5 @@ def test_channels_last_is_a_layout_only_same_weights_same_numbers():
         assert b.is_contiguous() and torch.allclose(a, b, atol=1e-5)
     sum(o.mean() for o in outs_fast).backward()
     assert fast.stem.weight.grad is not None
+    buffer = io.BytesIO()
+    torch.save(fast, buffer)  # the whole module stays picklable

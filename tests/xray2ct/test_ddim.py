@@ -164,3 +164,18 @@ def test_inferer_starts_a_later_stage_from_its_upsampled_input():
     seen.clear()
     DDIMInferer(4, T, 2)(torch.zeros(1, 2, 8, 8), net, prev=prev)
     assert seen == [T - 1, 0]
+
+
+def test_a_bad_start_strength_is_one_clear_error_naming_the_key():
+    from custom.core.errors import InputError
+    from custom.xray2ct.inferer import DDIMInferer, build_cascade
+
+    later = [
+        {"network": {"volume_size": 8}, "ckpt_path": "-", "xray_size": 8, "num_inference_steps": 1, "start_strength": 0}
+    ]
+
+    def load_network(number, network, ckpt):
+        return torch.nn.Identity()
+
+    with pytest.raises(InputError, match=r"stage2#start_strength must be greater than 0"):
+        build_cascade(DDIMInferer(4, T, 1), 8, later, "1-2", load_network=load_network)
