@@ -8,21 +8,12 @@ from pathlib import Path
 from custom.core.bundle.errors import bundle_check
 from custom.core.errors import InputError
 from custom.core.options import as_float, as_int, need_file, writable_dir
+from custom.mask_refiner.safeguard import check_min_change
 
 
 def check_threshold(threshold, name: str = "threshold") -> float:
     """The mask threshold: a probability, so in [0, 1] (outside it every pixel, or none, would be foreground)."""
     return as_float(threshold, name, 0.0, 1.0, hint=" (a probability)")
-
-
-def check_min_change_setting(min_change) -> float:
-    """The refiner's abstention safeguard: a share of the mask in [0, 1] (see custom.mask_refiner.safeguard)."""
-    from custom.mask_refiner.safeguard import check_min_change
-
-    try:
-        return check_min_change(min_change)
-    except ValueError as e:
-        raise InputError(f"{e}; 0 turns the safeguard off") from None
 
 
 @bundle_check
@@ -43,7 +34,7 @@ def check_inference_request(
         need_file(image_path, "image_path")
         need_file(probabilities_path, "probabilities_path")
     check_threshold(threshold)
-    check_min_change_setting(min_change)
+    check_min_change(min_change)
     writable_dir(output_dir, "output_dir")
 
 
@@ -59,7 +50,7 @@ def check_training_request(
             "`python -m custom refiner-setup`"
         )
     check_threshold(threshold)
-    check_min_change_setting(min_change)
+    check_min_change(min_change)
     as_int(max_epochs, "max_epochs", 1)
     as_int(val_interval, "val_interval", 1)
     writable_dir(output_dir, "output_dir")

@@ -11,11 +11,10 @@ Dice, the largest one among equals, so that where validation cannot tell, the re
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
+from custom.core.options import as_float
 from custom.mask_refiner.data import MASK_THRESHOLD
 
 # 0 (never abstain) to 1 (abstain unless the masks are disjoint), finer than a few dozen validation images resolve
@@ -23,15 +22,8 @@ MIN_CHANGE_GRID = tuple(round(0.01 * i, 2) for i in range(101))
 
 
 def check_min_change(min_change) -> float:
-    """``min_change`` as a float in [0, 1] (a share of the mask; ValueError otherwise)."""
-    message = f"min_change must be a number in [0, 1] (1 - Dice between the masks), got {min_change!r}"
-    try:
-        value = math.nan if isinstance(min_change, bool) else float(min_change)
-    except (TypeError, ValueError):
-        raise ValueError(message) from None
-    if not 0.0 <= value <= 1.0:  # NaN too
-        raise ValueError(message)
-    return value
+    """``min_change`` as a float in [0, 1] (a share of the mask); an ``InputError`` (a ``ValueError``) otherwise."""
+    return as_float(min_change, "min_change", 0.0, 1.0, hint=" (1 - Dice between the masks; 0 turns the safeguard off)")
 
 
 def mask_change(coarse_prob: torch.Tensor, refined_logits: torch.Tensor, threshold: float = MASK_THRESHOLD):
