@@ -2,8 +2,8 @@
 
 Fire hands a command the options as it parsed them (``2.5`` a float, ``false`` a string, ``abc`` a string), so each
 option is checked at the start of its command, before any work, by the helper for its kind: :func:`as_int`,
-:func:`as_float`, :func:`as_bool`, :func:`as_choice` (one implementation, :mod:`custom.core.options`, shared with the
-bundles' request checks), and output folders by :func:`need_dir_path`.
+:func:`as_float`, :func:`as_bool`, :func:`as_choice`, :func:`as_names` (one implementation,
+:mod:`custom.core.options`, shared with the bundles' request checks), and output folders by :func:`need_dir_path`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import os
 from pathlib import Path
 
 from custom.core.errors import InputError
-from custom.core.options import as_bool, as_choice, as_float, as_int, writable_dir
+from custom.core.options import as_bool, as_choice, as_float, as_int, as_names, writable_dir
 
 __all__ = [
     "as_bool",
     "as_choice",
     "as_float",
     "as_int",
+    "as_names",
     "config_defaults",
     "geometry_arg",
     "json_dict",

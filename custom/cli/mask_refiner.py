@@ -6,7 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from custom.cli.common import BUNDLES_DIR, as_bool, as_choice, as_float, as_int, json_dict, need_dir, need_dir_path
+from custom.cli.common import (
+    BUNDLES_DIR,
+    as_bool,
+    as_choice,
+    as_float,
+    as_int,
+    as_names,
+    json_dict,
+    need_dir,
+    need_dir_path,
+)
 from custom.core.bundle import load_bundle_network, make_parser, read_bundle_config
 from custom.core.errors import InputError
 
@@ -233,7 +243,7 @@ class MaskRefinerCommands:
         if not (real / "folds.json").is_file():
             raise InputError(f"{real_dir}: no folds.json; make it with `python -m custom refiner-real`")
         plan = json.loads((real / "folds.json").read_text())
-        chosen = [f.strip() for f in str(folds).split(",") if f.strip()] or list(plan)
+        chosen = as_names(folds, "--folds") or list(plan)
         unknown = [f for f in chosen if f not in plan]
         if unknown:
             raise InputError(f"--folds: no fold for {unknown}; the folds are {list(plan)}")

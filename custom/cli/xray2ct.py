@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from custom.cli.common import BUNDLES_DIR, as_bool, as_int, json_dict, need_dir, need_dir_path
+from custom.cli.common import BUNDLES_DIR, as_bool, as_int, as_names, json_dict, need_dir, need_dir_path
 from custom.core.bundle import load_bundle_network
 from custom.core.errors import InputError
 
@@ -207,8 +207,8 @@ class XRayToCTCommands:
         max_cases = as_int(max_cases, "--max_cases", 1)
         if not refiner_bundle and (refiner_weights or str(path_size) != "256"):
             raise InputError("--refiner_weights and --path_size choose the refiners' ways: give --refiner_bundle too")
-        names = [g.strip() for g in str(groups).split(",")]
-        if len(names) != 2 or not all(names):
+        names = as_names(groups, "--groups")
+        if len(names) != 2:
             raise InputError(f"--groups must be two names separated by a comma, got {groups!r}")
         for path in [datalist] + ([extra_datalist] if extra_datalist else []):
             if not Path(path).is_file():

@@ -83,6 +83,17 @@ def as_choice(value, name: str, choices) -> str:
     raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
+def as_names(value, name: str) -> list[str]:
+    """Names separated by commas, stripped, empty ones dropped; Fire hands ``a,b`` over as a tuple, which counts too."""
+    if isinstance(value, (list, tuple)):
+        parts = [str(v) for v in value]
+    elif isinstance(value, str):
+        parts = value.split(",")
+    else:
+        raise InputError(f"{name} must be names separated by commas, got {value!r}")
+    return [p.strip() for p in parts if p.strip()]
+
+
 def _check_range(number, name, minimum, maximum, hint: str = "") -> None:
     if minimum is not None and number < minimum:
         raise InputError(f"{name} must be at least {minimum:g}{hint}, got {number:g}")

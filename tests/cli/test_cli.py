@@ -329,16 +329,17 @@ def test_demo_reconstructs_held_out_phantoms_with_the_shipped_weights(tmp_path):
 
 def test_evaluate_cascade_scores_the_shipped_detail_refiner_next_to_stage_1(tmp_path):
     """The head-to-head of the ways to a CT with the shipped weights, here at stage 1's size (the detail refiner
-    after stage 1, both scored on the same stage-1 sample); a size no way ends at is refused."""
+    after stage 1, both scored on the same stage-1 sample); a size no way ends at is refused; the group names as typed
+    (Fire hands ``a,b`` over as a tuple) name the summary's groups."""
     assert run_cli("phantoms", tmp_path / "ph", "--count", 1, "--size", 64, "--seed", 100000).returncode == 0
     proc = run_cli("prepare", tmp_path / "ph", tmp_path / "prep", "--size", 64, "--split", "test")
     assert proc.returncode == 0, proc.stderr[-2000:]
     args = ["evaluate-cascade", tmp_path / "prep" / "datalist.json", tmp_path / "eval", "--stages", "1"]
     args += ["--refiner_bundle", ROOT / "bundles" / "ct_detail_refinement", "--overrides", '{"num_inference_steps": 1}']
     assert_clean_error(run_cli(*args, "--path_size", 100), "--path_size must be 64 or 256")
-    proc = run_cli(*args, "--path_size", 64)
+    proc = run_cli(*args, "--path_size", 64, "--groups", "held_out,real")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ways = json.loads((tmp_path / "eval" / "summary.json").read_text())["paths"]["phantoms"]
+    ways = json.loads((tmp_path / "eval" / "summary.json").read_text())["paths"]["held_out"]
     assert list(ways) == ["stage 1", "stage 1 + detail"]
     gain = ways["stage 1 + detail"]["psnr_hu"] - ways["stage 1"]["psnr_hu"]
     assert ways["stage 1 + detail"]["gain_db"]["mean"] == pytest.approx(gain)
