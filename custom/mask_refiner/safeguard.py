@@ -115,3 +115,33 @@ def choose_min_change(rows, grid=MIN_CHANGE_GRID) -> dict:
         "guarded_harm_rate": float((guarded - coarse < -HARM_TOLERANCE).mean()),
         "abstained": int(((changes > 0) & (changes < chosen)).sum()),
     }
+
+
+def min_change_record(choice: dict, weights_sha256: str, validation_ids=()) -> dict:
+    """What to keep next to weights chosen for: :func:`choose_min_change`'s ``choice`` on their validation images,
+    tied to the weights by their SHA-256 (hex), so that :func:`recorded_min_change` never applies it to others."""
+    return {
+        "min_change": check_min_change(choice["min_change"]),
+        "weights_sha256": str(weights_sha256).lower(),
+        "validation_images": int(choice["images"]),
+        "validation_ids": [str(i) for i in validation_ids],
+        "selection": dict(choice),
+        "chosen_by": "choose_min_change on the validation images evaluated with min_change 0: the best mean Dice, "
+        "the largest value among equals",
+    }
+
+
+def recorded_min_change(record, weights_sha256: str) -> tuple[float | None, str]:
+    """(``min_change``, "") of a :func:`min_change_record` made for the weights whose SHA-256 is ``weights_sha256``;
+    (None, why) for a record of other weights or one without a valid value."""
+    if not isinstance(record, dict):
+        return None, "it is not a JSON object"
+    recorded = record.get("weights_sha256")
+    if not isinstance(recorded, str) or not recorded:
+        return None, "it names no weights_sha256"
+    if recorded.lower() != str(weights_sha256).lower():
+        return None, f"it was chosen for other weights (SHA-256 {recorded[:12]}..., these are {weights_sha256[:12]}...)"
+    try:
+        return check_min_change(record.get("min_change")), ""
+    except ValueError as e:
+        return None, str(e)

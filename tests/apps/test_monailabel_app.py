@@ -9,6 +9,7 @@ and a generated 2D image with a coarse probability map. Needs monailabel (apps/m
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -319,24 +320,124 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(client, data, model, ima
     assert client.get("/info/").status_code == 200  # still serving
 
 
-def test_training_from_datastore_labels_publishes_weights_the_infer_task_uses(client, data):
+def test_training_from_datastore_labels_publishes_weights_the_infer_task_uses(client, data, caplog):
     before = _infer(client, "mask_refiner", "slice1")
     assert before.status_code == 200 and before.headers
-    for k, case in enumerate(data["refiner"]):
+    # a fourth image, with a lesion: the run's split (seeded) holds it out as its one validation image
+    cases = data["refiner"] + [_write_refiner_case(data["tmp"] / "refiner", 3)]
+    _put_image(client, "slice3", cases[3]["image"])
+    _put_label(client, "slice3", "coarse", cases[3]["coarse"])
+    for k, case in enumerate(cases):
         _put_label(client, f"slice{k}", "final", case["final"])
+    # training starts from the weights served: here a refiner that grows every mask by a ring (its head's bias), so
+    # that the safeguard's choice rests on masks the refiner really changes
+    published = data["tmp"] / "model_inproc" / "mask_refiner_2d" / "model.pt"
+    bundle_state = torch.load(data["bundles"] / "mask_refiner_2d" / "models" / "model.pt", weights_only=True)
+    published.parent.mkdir(parents=True)
+    torch.save(dict(bundle_state, **{"head.bias": bundle_state["head.bias"] + 1.0}), published)
     r = client.post("/train/mask_refiner?run_sync=true", json={"max_epochs": 1, "batch_size": 2})
     assert r.status_code == 200, r.text
     stats = r.json()
-    assert stats["images"] == 3 and stats["train"] == 2 and stats["val"] == 1 and stats["epochs"] == 1
+    assert stats["images"] == 4 and stats["train"] == 3 and stats["val"] == 1 and stats["epochs"] == 1
     assert 0 <= stats["best_val_dice"] <= 1
-    published = data["tmp"] / "model_inproc" / "mask_refiner_2d" / "model.pt"
-    assert published.is_file()
     state = torch.load(published, weights_only=True)
-    bundle_state = torch.load(data["bundles"] / "mask_refiner_2d" / "models" / "model.pt", weights_only=True)
     assert any(not torch.equal(state[k], bundle_state[k]) for k in bundle_state)  # it trained
     after = client.post("/infer/mask_refiner?image=slice1&output=json", data={"params": "{}"})
     assert after.status_code == 200 and after.json()["weights"] == "fine-tuned"
     assert client.post("/train/nothing?run_sync=true", json={}).status_code == 404
+    with caplog.at_level(logging.WARNING):
+        _check_published_min_change(client, data, cases, published, stats)
+    # each fallback in the log once, with its reason: a record of other weights (twice), unreadable, absent
+    fallbacks = [r.getMessage() for r in caplog.records if "served with the bundle's min_change 0.04" in r.getMessage()]
+    assert len(fallbacks) == 4, fallbacks
+    assert "model.json: it was chosen for other weights (SHA-256 000000000000..." in fallbacks[0]
+    assert "model.json cannot be read (JSONDecodeError)" in fallbacks[1]
+    assert "there is no model.json next to model.pt" in fallbacks[2]
+    assert f"it was chosen for other weights (SHA-256 {stats['weights_sha256'][:12]}..." in fallbacks[3]
+
+
+def _refiner_json(client, image_id: str) -> dict:
+    r = client.post(f"/infer/mask_refiner?image={image_id}&output=json", data={"params": "{}"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _check_published_min_change(client, data, cases: list, published: Path, stats: dict) -> None:
+    """The safeguard's value published with fine-tuned weights: chosen on the run's single validation image for
+    those very weights, applied by the infer task to them only, and followed when either file is replaced."""
+    from custom.mask_refiner.data import dice, make_channels
+    from custom.mask_refiner.network import RefinerUNet
+    from custom.mask_refiner.safeguard import choose_min_change, mask_change
+
+    sidecar = published.with_suffix(".json")
+    record = json.loads(sidecar.read_text())
+    sha = hashlib.sha256(published.read_bytes()).hexdigest()
+    assert record["weights_sha256"] == sha == stats["weights_sha256"]
+    assert 0 <= record["min_change"] <= 1 and record["min_change"] == stats["min_change"]
+    assert record["selection"] == stats["min_change_validation"] and record["validation_images"] == stats["val"] == 1
+    assert stats["min_change_published"] == "mask_refiner_2d/model.json"
+    # the rows again, from the published weights and the validation images' own files, not the trainer's dataset
+    net = RefinerUNet(channels=TINY_REFINER["channels"], min_change=0.0)
+    net.load_state_dict(torch.load(published, weights_only=True))
+    net.eval()
+    rows = []
+    for image_id in record["validation_ids"]:
+        case = cases[int(image_id.removeprefix("slice"))]
+        img, final, prob = (
+            np.asarray(nib.load(case[k]).dataobj, dtype=np.float32).T for k in ("image", "final", "coarse")
+        )
+        with torch.no_grad():
+            logits = net(torch.from_numpy(make_channels(prob, img))[None])[:, 0]
+        refined = torch.sigmoid(logits[0]).numpy() > 0.5
+        rows.append(
+            {
+                "coarse_dice": dice(prob > 0.5, final > 0),
+                "refined_dice": dice(refined, final > 0),
+                "mask_change": float(mask_change(torch.from_numpy(prob)[None], logits)[0]),
+            }
+        )
+    again = choose_min_change(rows)
+    assert again["min_change"] == record["min_change"]
+    for key in ("coarse_dice", "refined_dice", "guarded_dice", "abstained"):
+        assert again[key] == pytest.approx(record["selection"][key], abs=1e-6), key
+    params = _refiner_json(client, "slice1")
+    assert (params["min_change"], params["min_change_from"]) == (record["min_change"], "fine-tuned validation")
+    assert "min_change_warning" not in params
+
+    case = data["refiner"][1]
+    coarse = np.asarray(nib.load(case["coarse"]).dataobj) > 0.5
+    bundle_weights = data["bundles"] / "mask_refiner_2d" / "models" / "model.pt"
+    original, weights = sidecar.read_text(), published.read_bytes()
+    try:
+        # the recorded value reaches the network: with 0 it changes the coarse mask, with 1 it abstains
+        masks = {}
+        for value in (0.0, 1.0):
+            sidecar.write_text(json.dumps(dict(record, min_change=value)))
+            r = _infer(client, "mask_refiner", "slice1")
+            assert r.status_code == 200, r.text
+            masks[value] = np.asarray(_nifti(r.content).dataobj) > 0
+        assert not np.array_equal(masks[0.0], coarse) and np.array_equal(masks[1.0], coarse)
+        # a record of other weights is ignored: the bundle's value (inference.json's 0.04), and the answer says why
+        sidecar.write_text(json.dumps(dict(record, min_change=1.0, weights_sha256="0" * 64)))
+        params = _refiner_json(client, "slice1")
+        assert (params["weights"], params["min_change"], params["min_change_from"]) == ("fine-tuned", 0.04, "bundle")
+        assert "other weights" in params["min_change_warning"] and str(data["tmp"]) not in params["min_change_warning"]
+        sidecar.write_text("{not json")
+        assert _refiner_json(client, "slice1")["min_change_from"] == "bundle"
+        sidecar.unlink()
+        params = _refiner_json(client, "slice1")
+        assert params["min_change_from"] == "bundle" and "no model.json" in params["min_change_warning"]
+        # the record back: the value follows it without a restart
+        sidecar.write_text(original)
+        assert _refiner_json(client, "slice1")["min_change"] == record["min_change"]
+        # other weights put in place by rename, with the record of the old ones: the bundle's value again
+        shutil.copyfile(bundle_weights, published.with_name("replacement.pt"))
+        published.with_name("replacement.pt").replace(published)
+        params = _refiner_json(client, "slice1")
+        assert (params["weights"], params["min_change"], params["min_change_from"]) == ("fine-tuned", 0.04, "bundle")
+    finally:
+        sidecar.write_text(original)
+        published.write_bytes(weights)
 
 
 def test_incomplete_bundles_are_left_out_and_start_up_touches_no_network(data, tmp_path, caplog, monkeypatch):
@@ -536,9 +637,15 @@ def test_real_server_trains_in_the_background_from_saved_labels(server, data, tm
         assert time.time() < deadline, status
         time.sleep(1)
     assert status["status"] == "DONE", status
-    assert (data["tmp"] / "model_server" / "mask_refiner_2d" / "model.pt").is_file()
+    published = data["tmp"] / "model_server" / "mask_refiner_2d" / "model.pt"
+    assert published.is_file()
+    # the background job published the safeguard's value for its weights; the server process applies it
+    record = json.loads(published.with_suffix(".json").read_text())
+    assert record["weights_sha256"] == hashlib.sha256(published.read_bytes()).hexdigest()
+    assert 0 <= record["min_change"] <= 1 and record["validation_images"] == 1
     _, params = client.infer("mask_refiner", "train0", {"coarse_tag": "coarse"})
     assert params["weights"] == "fine-tuned"
+    assert (params["min_change"], params["min_change_from"]) == (record["min_change"], "fine-tuned validation")
 
 
 def test_real_server_bad_requests_over_http(server, data):

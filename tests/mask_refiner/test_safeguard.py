@@ -12,7 +12,14 @@ from custom.core.errors import InputError
 from custom.mask_refiner.checks import check_inference_request
 from custom.mask_refiner.data import make_channels
 from custom.mask_refiner.network import RefinerUNet
-from custom.mask_refiner.safeguard import abstain_small_changes, choose_min_change, guarded_dice, mask_change
+from custom.mask_refiner.safeguard import (
+    abstain_small_changes,
+    choose_min_change,
+    guarded_dice,
+    mask_change,
+    min_change_record,
+    recorded_min_change,
+)
 
 BUNDLE = ROOT / "bundles" / "mask_refiner_2d"
 
@@ -112,6 +119,42 @@ def test_choice_takes_the_best_validation_dice_and_the_largest_value_among_equal
     assert choose_min_change(helpful)["min_change"] == 0.02  # never abstains on what helps on validation
     with pytest.raises(ValueError):
         choose_min_change([])
+
+
+def test_one_validation_image_is_enough_to_choose():
+    """The MONAI Label app's train task may hold out a single image: the rule stays the same."""
+    harmed = choose_min_change([{"coarse_dice": "0.9", "refined_dice": "0.8", "mask_change": "0.07"}])  # CSV strings
+    assert harmed["min_change"] == 1.0 and harmed["images"] == 1  # abstaining is best; the largest value among equals
+    assert harmed["harm_rate"] == 1.0 and harmed["guarded_harm_rate"] == 0.0 and harmed["abstained"] == 1
+    helped = choose_min_change([{"coarse_dice": 0.6, "refined_dice": 0.8, "mask_change": 0.07}])
+    assert helped["min_change"] == 0.07 and helped["guarded_dice"] == pytest.approx(0.8) and helped["abstained"] == 0
+    unchanged = choose_min_change([{"coarse_dice": 1.0, "refined_dice": 1.0, "mask_change": 0.0}])  # an empty control
+    assert unchanged["min_change"] == 1.0 and unchanged["abstained"] == 0
+
+
+def test_a_recorded_min_change_applies_only_to_the_weights_it_was_chosen_for():
+    choice = choose_min_change([{"coarse_dice": 0.6, "refined_dice": 0.8, "mask_change": 0.07}])
+    sha = "ab" * 32
+    record = min_change_record(choice, sha.upper(), ["slice1"])
+    assert record["min_change"] == 0.07 and record["weights_sha256"] == sha
+    assert record["validation_images"] == 1 and record["validation_ids"] == ["slice1"]
+    assert record["selection"] == choice
+    assert recorded_min_change(record, sha) == (0.07, "")
+    assert recorded_min_change(record, sha.upper()) == (0.07, "")  # hex digits in either case
+    value, why = recorded_min_change(record, "cd" * 32)
+    assert value is None and "other weights" in why and "ababababab" in why
+    for bad, words in (
+        ([record], "not a JSON object"),
+        ({**record, "weights_sha256": None}, "no weights_sha256"),
+        ({k: v for k, v in record.items() if k != "weights_sha256"}, "no weights_sha256"),
+        ({**record, "min_change": 1.5}, "min_change"),
+        ({**record, "min_change": None}, "min_change"),
+        ({**record, "min_change": True}, "min_change"),
+    ):
+        value, why = recorded_min_change(bad, sha)
+        assert value is None and words in why
+    with pytest.raises(ValueError, match="min_change"):
+        min_change_record(dict(choice, min_change=-0.1), sha)
 
 
 def test_config_key_reaches_the_network_the_bundle_and_the_app_build():

@@ -7,6 +7,7 @@ freshly initialised weights is never served as if it were trained.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -36,6 +37,25 @@ def missing_parts(bundle_dir: Path, extra_weights: Path | None = None) -> str | 
     return None
 
 
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's content, in hex."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def sidecar_path(weights) -> Path:
+    """Where the app keeps what was chosen for fine-tuned ``weights`` (the refiner's ``min_change``): ``model.json``
+    next to ``model.pt``."""
+    return Path(weights).with_suffix(".json")
+
+
+def _stamp(path: Path) -> tuple:
+    # the inode too: a file put in place by rename (training's atomic publication) is new even with the same size
+    # and modification time
+    st = path.stat()
+    return (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def metadata(bundle_dir: Path) -> dict:
     path = Path(bundle_dir) / "configs" / "metadata.json"
     try:
@@ -45,7 +65,12 @@ def metadata(bundle_dir: Path) -> dict:
 
 
 class CachedNetwork:
-    """The bundle's network with its weights, rebuilt only when the weights file changes (e.g. after training)."""
+    """The bundle's network with its weights, rebuilt only when the weights file changes (e.g. after training).
+
+    ``path`` and ``sha256`` are those of the weights in the network :meth:`get` returned last: the SHA-256 is of the
+    very bytes loaded (a file replaced while it was read is read again), so what was chosen for other weights can
+    be told apart (:func:`sidecar_path`).
+    """
 
     def __init__(self, config: dict, bundle_dir: Path, weights: list[Path], device: str):
         self.config, self.bundle_dir = config, Path(bundle_dir)
@@ -53,6 +78,8 @@ class CachedNetwork:
         self.device = torch.device(device)
         self._key = None
         self._net = None
+        self.path: Path | None = None
+        self.sha256: str | None = None
 
     def weights_path(self) -> Path:
         for path in self.candidates:
@@ -62,11 +89,19 @@ class CachedNetwork:
 
     def get(self) -> torch.nn.Module:
         path = self.weights_path()
-        key = (str(path), path.stat().st_mtime_ns)
+        key = _stamp(path)
         if key != self._key:
-            self._net = build_network(make_parser(self.config, self.bundle_dir), path, self.device)
-            self._key = key
-            logger.info(f"loaded {path} into {type(self._net).__name__}")
+            for _ in range(5):
+                before = key
+                digest = file_sha256(path)
+                net = build_network(make_parser(self.config, self.bundle_dir), path, self.device)
+                key = _stamp(path)
+                if key == before:  # the bytes hashed are the bytes loaded
+                    break
+            else:  # replaced on every try: unknown bytes, read again at the next request
+                key = digest = None
+            self._net, self._key, self.path, self.sha256 = net, key, path, digest
+            logger.info(f"loaded {path} (SHA-256 {str(digest)[:12]}...) into {type(self._net).__name__}")
         return self._net
 
 

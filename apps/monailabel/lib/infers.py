@@ -12,6 +12,7 @@ X-ray is expected, not a CT in HU...).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -34,9 +35,10 @@ from custom.core.io import load_array, save_nifti, save_png
 from custom.core.transforms import cube_affine, finer_affine, hu_to_window, preprocess_ct, window_to_hu
 from custom.core.xray import intake_record, load_xray
 from custom.mask_refiner.data import MASK_THRESHOLD, make_channels
+from custom.mask_refiner.safeguard import check_min_change, recorded_min_change
 from custom.xray2ct.inferer import build_cascade, parse_stages
 
-from .bundles import WEIGHTS, CachedNetwork, CachedStageNetworks, metadata
+from .bundles import WEIGHTS, CachedNetwork, CachedStageNetworks, metadata, sidecar_path
 from .guards import check_id
 
 logger = logging.getLogger(__name__)
@@ -206,6 +208,12 @@ class MaskRefinerInfer(LocalBundleTask):
     ``coarse_tag`` (default ``coarse``). It is a foreground probability in [0, 1] (a 0/1 coarse mask works too),
     as NIfTI or PNG on the image's grid, or the bundle's ``.npy`` (H, W) or (2, H, W) softmax. The result is a
     label of the image's shape and affine: 1 = lesion.
+
+    The safeguard's ``min_change`` belongs to the weights: the bundle's weights get inference.json's value; weights
+    fine-tuned by the app's train task get the value that run chose on its validation images, kept next to them
+    (``model.json``, :func:`lib.bundles.sidecar_path`) with the SHA-256 of the weights it was chosen for. Without
+    that file, or with one for other weights or unreadable, they get inference.json's value and a warning in the
+    log. The answer says which (``min_change``, ``min_change_from``: ``"bundle"`` or ``"fine-tuned validation"``).
     """
 
     name = "mask_refiner"
@@ -219,6 +227,38 @@ class MaskRefinerInfer(LocalBundleTask):
     def __init__(self, bundle_dir, datastore, device, weights):
         super().__init__(bundle_dir, datastore, device, weights)
         self.threshold = float(self.bundle_config.get("threshold", MASK_THRESHOLD))
+        parser = make_parser(self.bundle_config, self.bundle_dir)
+        # the value the bundle's network_def gets (RefinerUNet's default 0 where it sets none)
+        self.bundle_min_change = check_min_change(parser.get_parsed_content("network_def#min_change", default=0.0))
+        self._warned = None  # the last fallback warned about, so that each is logged once, not at every request
+
+    def _min_change(self) -> tuple[float, str, str]:
+        """(min_change, where it comes from, why the bundle's value stands in for fine-tuned weights or "") for the
+        weights of the network :attr:`network` returned last."""
+        path, digest = self.network.path, self.network.sha256
+        if path == self.bundle_dir / WEIGHTS:
+            return self.bundle_min_change, "bundle", ""
+        sidecar = sidecar_path(path)
+        if digest is None:
+            why = f"{path.name} changed while it was read"
+        else:
+            try:
+                record = json.loads(sidecar.read_text())
+            except FileNotFoundError:
+                why = f"there is no {sidecar.name} next to {path.name}"
+            except (OSError, ValueError) as e:
+                why = f"{sidecar.name} cannot be read ({type(e).__name__})"
+            else:
+                value, why = recorded_min_change(record, digest)
+                if value is not None:
+                    self._warned = None
+                    return value, "fine-tuned validation", ""
+                why = f"{sidecar.name}: {why}"
+        why = f"fine-tuned weights served with the bundle's min_change {self.bundle_min_change:g}: {why}"
+        if (self.network.sha256, why) != self._warned:
+            logger.warning(f"mask_refiner: {why}")
+            self._warned = (self.network.sha256, why)
+        return self.bundle_min_change, "bundle", why
 
     def _probabilities(self, request, shape_uv) -> np.ndarray:
         path = request.get("label")
@@ -271,6 +311,10 @@ class MaskRefinerInfer(LocalBundleTask):
         fg = self._probabilities(request, uv.shape)
         channels = make_channels(fg.T, uv.T)  # the bundle works on (rows, cols)
         net = self.network.get()
+        # set at every request (under the task's lock), from the weights just returned: the value follows a replaced
+        # weights file or model.json without a restart
+        min_change, min_change_from, why = self._min_change()
+        net.min_change = min_change
         with torch.no_grad():
             logits = net(torch.from_numpy(channels)[None].to(self.network.device))
         mask_uv = (torch.sigmoid(logits[0, 0]).cpu().numpy() > self.threshold).T.astype(np.uint8)
@@ -293,8 +337,12 @@ class MaskRefinerInfer(LocalBundleTask):
             "label_names": dict(self.labels),
             "threshold": self.threshold,
             "foreground_pixels": int(mask_uv.sum()),
-            "weights": "bundle" if self.network.weights_path() == self.bundle_dir / WEIGHTS else "fine-tuned",
+            "weights": "bundle" if self.network.path == self.bundle_dir / WEIGHTS else "fine-tuned",
+            "min_change": min_change,
+            "min_change_from": min_change_from,
         }
+        if why:
+            params["min_change_warning"] = why
         return out, params
 
 

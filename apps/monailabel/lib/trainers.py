@@ -5,6 +5,12 @@ An image takes part when it has both a final label (the corrected mask, tag ``fi
 dataset by the project's own ``setup_dataset`` (channels, hardness from the coarse Dice), then the bundle's
 ``configs/train.json`` runs on it, starting from the weights currently served. The best checkpoint by validation
 Dice is published to the app's model folder, where the infer task picks it up at its next request.
+
+Training and its model selection are unguarded (train.json's ``min_change`` 0). The safeguard's value for the new
+weights is then chosen on the run's own validation images: the best checkpoint is evaluated with ``min_change`` 0
+(``evaluate_refiner``, as ``refiner-real-crossval`` does per fold) and ``choose_min_change`` picks the value. It is
+published next to the weights as ``model.json`` with their SHA-256 (:func:`min_change_record`); the infer task applies
+it only to the weights with that SHA-256.
 """
 
 from __future__ import annotations
@@ -22,12 +28,16 @@ import torch
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.train import TrainTask
 
-from custom.core.bundle import load_weights, make_parser, read_bundle_config
+from custom.core.bundle import load_bundle_network, load_weights, make_parser, read_bundle_config
 from custom.core.errors import InputError
 from custom.core.io import atomic_path, save_json
 from custom.core.xray import load_xray
 from custom.mask_refiner.data import MASK_THRESHOLD, dice, setup_dataset
+from custom.mask_refiner.evaluation import evaluate_refiner
+from custom.mask_refiner.real_data import read_rows
+from custom.mask_refiner.safeguard import choose_min_change, min_change_record
 
+from .bundles import file_sha256, sidecar_path
 from .guards import check_id, id_problem
 
 logger = logging.getLogger(__name__)
@@ -66,6 +76,7 @@ class MaskRefinerTrain(TrainTask):
         self.model_dir = Path(model_dir)
         self.current_weights = [Path(p) for p in current_weights]  # first existing one is the starting point
         self.published = self.model_dir / "mask_refiner_2d" / "model.pt"
+        self.published_min_change = sidecar_path(self.published)
         self._stats: dict = {}
 
     def config(self):
@@ -167,7 +178,7 @@ class MaskRefinerTrain(TrainTask):
         shutil.rmtree(run_dir, ignore_errors=True)
         with tempfile.TemporaryDirectory(prefix="refiner_train_") as tmp:
             try:
-                self._write_source(cases, Path(tmp) / "source", settings["val_fraction"])
+                names = self._write_source(cases, Path(tmp) / "source", settings["val_fraction"])
                 splits = setup_dataset(Path(tmp) / "source", Path(tmp) / "data")
             except InputError as e:
                 raise HTTPException(422, str(e)) from None
@@ -194,8 +205,15 @@ class MaskRefinerTrain(TrainTask):
             best = run_dir / "model.pt"
             if not best.is_file():
                 raise RuntimeError(f"training finished without writing {best}")
+            choice = self._choose_min_change(best, Path(tmp) / "data", run_dir / "validation", parser)
+            val_ids = [names[pid] for pid in splits["val"]]
+            # weights first, then their min_change: until model.json is replaced, the one there names other weights
+            # (or none is there) and the infer task serves the new weights with the bundle's value; each file is
+            # written under a temporary name and renamed, so neither is ever half-written
             with atomic_path(self.published) as out:
                 shutil.copyfile(best, out)
+                digest = file_sha256(out)
+            save_json(min_change_record(choice, digest, val_ids), self.published_min_change)
         self._stats = {
             "images": len(cases),
             "train": len(splits["train"]),
@@ -204,7 +222,21 @@ class MaskRefinerTrain(TrainTask):
             "best_val_dice": float(evaluator.state.best_metric),
             "started_from": start_from.name if start_from else None,
             "published": os.path.relpath(self.published, self.model_dir),
+            "min_change": choice["min_change"],
+            "min_change_validation": choice,
+            "min_change_published": os.path.relpath(self.published_min_change, self.model_dir),
+            "weights_sha256": digest,
             "seconds": round(time.time() - start, 1),
         }
         logger.info(f"mask refiner trained: {self._stats}")
         return self._stats
+
+    def _choose_min_change(self, weights: Path, data_dir: Path, out_dir: Path, parser) -> dict:
+        """:func:`choose_min_change` for ``weights`` on the validation split of ``data_dir``: the network built from
+        train.json with ``min_change`` 0 (unguarded, whatever train.json says), evaluated by ``evaluate_refiner``
+        (its metrics.csv and summary.json go to ``out_dir``) on the training device. With few validation images
+        (one, at the least) the choice is noisy; the rule stays the bundle's."""
+        device = parser.get_parsed_content("device")
+        net, _ = load_bundle_network(self.bundle_dir, weights, {"min_change": 0.0}, device)
+        evaluate_refiner(net, data_dir, "val", out_dir, device=device)
+        return choose_min_change(read_rows(out_dir / "metrics.csv"))
