@@ -6,7 +6,7 @@
 
 Each command runs ``--repeats`` times in a new Python process (start-up, reading, resampling, projecting and writing
 included: what a user waits for) into a fresh temporary folder; the figure is the best run. ``prepare`` runs twice
-per repeat: on the CT alone, and on a folder of ``--cases`` links to it (as many cases), so that the seconds per
+per repeat: on the CT alone, and on a folder of ``--cases`` copies of it (as many cases), so that the seconds per
 case of a whole folder, start-up shared, come out as well: (time of N cases - time of 1) / (N - 1). The threads are
 torch's default for the machine; ``--threads`` pins them (``OMP_NUM_THREADS``).
 """
@@ -27,35 +27,34 @@ from pathlib import Path
 DEFAULT_CT = "data/sample/chest_ct/lung_pet_ct_dx_A0001"
 
 
-def commands(ct: str, out: Path, size: int, cases: int) -> dict[str, list[str]]:
-    """The timed commands: ``prepare`` of the CT and of a folder of ``cases`` copies of it (into a test split), and
-    ``drr`` of the CT."""
-    py = [sys.executable, "-m", "custom"]
-    folder = out / "cases"
-    folder.mkdir()
-    for k in range(cases):  # copies, not links: prepare scans a folder reached twice through links only once
+def copies(ct: str, folder: Path, cases: int) -> Path:
+    """``folder`` holding ``cases`` copies of the CT, one case each: copies, not links, because prepare scans a
+    folder it reaches twice through links only once."""
+    for k in range(cases):
         case = folder / f"case_{k:02d}"
         if Path(ct).is_dir():
             shutil.copytree(ct, case)
         else:
-            case.mkdir()
+            case.mkdir(parents=True)
             shutil.copy(ct, case)
+    return folder
 
-    def prepare(source, target) -> list[str]:
-        return py + ["prepare", str(source), str(target), "--size", str(size), "--split", "test"]
 
-    return {
-        "prepare": prepare(ct, out / "one"),
-        f"prepare {cases} cases": prepare(folder, out / "many"),
-        "drr": py + ["drr", ct, str(out / "drr"), "--geometry", "x2ctgan", "--size", str(size)],
-    }
+def command(name: str, ct: str, out: Path, size: int, cases: int) -> list[str]:
+    """One timed command writing under ``out``: ``prepare`` of the CT, ``prepare N cases`` of a folder of copies of
+    it (made here, before the timer starts), or ``drr`` of the CT."""
+    py = [sys.executable, "-m", "custom"]
+    if name == "drr":
+        return py + ["drr", ct, str(out / "drr"), "--geometry", "x2ctgan", "--size", str(size)]
+    source = ct if name == "prepare" else copies(ct, out / "cases", cases)
+    return py + ["prepare", str(source), str(out / "prepared"), "--size", str(size), "--split", "test"]
 
 
 def best_wall_time(name: str, args, env: dict) -> float:
     times = []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="data_benchmark_") as tmp:
-            run = commands(args.ct, Path(tmp), args.size, args.cases)[name]
+            run = command(name, args.ct, Path(tmp), args.size, args.cases)
             t = time.perf_counter()
             done = subprocess.run(run, env=env, capture_output=True, text=True)
             elapsed = time.perf_counter() - t
