@@ -3,6 +3,7 @@ is loaded, so that a bad setting ends the run at once with one line that names t
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -159,20 +160,40 @@ def check_training_request(
     coarse_dir="",
     crop_size=0,
     tile_overlap=0.25,
+    datalist="",
 ) -> None:
     """``train.json`` and the configs layered on it: refiner, grid, crops, coarse files, flags, epochs, a writable
     output folder."""
     kind = refiner_kind(refiner, variant)
     _check_grid(kind, volume_size, scale_factor, channels)
     _check_tiles(kind, volume_size, scale_factor, crop_size, tile_overlap)
-    if str(coarse_source) == "file" and not coarse_dir:
-        raise InputError(
-            "coarse_source 'file' needs coarse_dir: a folder of <case_id>/ct.nii.gz, as the cascade bundle's "
-            "inference.json --output_dir writes them; or set coarse_source to 'degrade' or 'cascade'"
-        )
-    if str(coarse_source) == "file" and not Path(str(coarse_dir)).is_dir():
-        raise InputError(f"coarse_dir {coarse_dir}: no such folder")
+    if str(coarse_source) == "file":
+        _check_coarse_files(coarse_dir, datalist)
     as_bool(resume, "resume")
     as_int(max_epochs, "max_epochs", 1)
     as_int(val_interval, "val_interval", 1)
     writable_dir(output_dir, "output_dir")
+
+
+def _check_coarse_files(coarse_dir, datalist) -> None:
+    """``coarse_source`` 'file' in training: ``coarse_dir`` holds the coarse CTs as ``<case_id>/ct.nii.gz``, or every
+    training and validation item names its own under ``coarse`` (e.g. a data list that pairs each case once with the
+    cascade's output and once with the detail refiner's)."""
+    if coarse_dir:
+        if not Path(str(coarse_dir)).is_dir():
+            raise InputError(f"coarse_dir {coarse_dir}: no such folder")
+        return
+    items = []
+    if datalist and Path(str(datalist)).is_file():
+        with open(datalist) as f:
+            content = json.load(f)
+        items = [item for key in ("training", "validation") for item in content.get(key, [])]
+    missing = [str(item.get("case_id", "?")) for item in items if not item.get("coarse")]
+    if items and not missing:
+        return
+    which = f" (missing in {len(missing)} of {len(items)} items, e.g. {missing[0]!r})" if missing else ""
+    raise InputError(
+        "coarse_source 'file' needs coarse_dir: a folder of <case_id>/ct.nii.gz, as the cascade bundle's "
+        f"inference.json --output_dir writes them, or a 'coarse' path in every data list item{which}; or set "
+        "coarse_source to 'degrade' or 'cascade'"
+    )

@@ -52,8 +52,9 @@ class DegradeCTd(Randomizable, MapTransform):
     Args:
         keys: the ground-truth CT key (one key).
         output_key: key of the coarse CT.
-        downsample: integer factor of the area downsampling (4 for variant A: 256^3 -> 64^3).
-        output_size: side the coarse CT is interpolated back to (None: stay at S / downsample; variant B uses S).
+        downsample: integer factor of the area downsampling (4 for the super-resolution refiner: 256^3 -> 64^3).
+        output_size: side the coarse CT is interpolated back to (None: stay at S / downsample; the detail refiner
+            uses S).
         blur_sigma: Gaussian sigma in low-resolution voxels, a number or a [low, high] range drawn per call.
         noise_std: standard deviation of the added Gaussian noise (window units), number or range.
         deterministic: same blur and noise draw for every call (seeded with ``seed``).

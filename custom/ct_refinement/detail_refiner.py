@@ -1,4 +1,4 @@
-"""Variant B of the CT detail refinement: same-size detail refiner guided by the two X-rays.
+"""The `detail` refiner of the CT detail refinement: a same-size refiner guided by the two X-rays.
 
 Inputs: the coarse CT (B, 1, D, D, D) in window units and the two X-rays (B, V, N, N) in network-input units
 (line integral / 8, :func:`custom.core.xray.line_integral_to_input`), frontal then lateral. Output: the refined CT

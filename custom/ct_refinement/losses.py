@@ -93,7 +93,7 @@ class _WeightedLoss(nn.Module):
 
 
 class SuperResolutionLoss(_WeightedLoss):
-    """Loss of :class:`custom.ct_refinement.super_resolution.SuperResolutionRefiner` (variant A).
+    """Loss of :class:`custom.ct_refinement.super_resolution.SuperResolutionRefiner` (the `super_resolution` refiners).
 
     ``l1 * L1 + ssim * (1 - SSIM) + perceptual * P + edge * L1(Sobel) + multiscale * MS`` with default weights
     1.0, 2.0, 0.1, 0.1, 0.5 (SSIM weighted highest, to optimize structural similarity directly; Sobel edges for
@@ -144,7 +144,7 @@ class SuperResolutionLoss(_WeightedLoss):
 
 
 class DetailRefinementLoss(_WeightedLoss):
-    """Loss of :class:`custom.ct_refinement.detail_refiner.DetailRefiner` (variant B).
+    """Loss of :class:`custom.ct_refinement.detail_refiner.DetailRefiner` (the `detail` refiner).
 
     ``l1 * L1 + frequency * F + gradient * L1(Laplacian) + perceptual * P + consistency * L1(pred, coarse)`` with
     default weights 1.0, 0.5, 0.3, 0.2, 0.1; F is :func:`frequency_loss` (weight ``sigmoid(10 (|f| - 0.1))``). F and

@@ -1,4 +1,4 @@
-"""Variant A of the CT detail refinement: residual super-resolution of a coarse CT, e.g. 64^3 -> 256^3.
+"""The super-resolution refiners of the CT detail refinement: residual super-resolution of a coarse CT (64^3 -> 256^3).
 
 Input: the coarse CT (B, C, D, D, D) in window units ([-1, 1], see :func:`custom.core.transforms.hu_to_window`).
 Output: (B, C, rD, rD, rD) with r = ``scale_factor``: the coarse CT upsampled trilinearly plus

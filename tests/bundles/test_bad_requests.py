@@ -66,7 +66,7 @@ BAD_REQUESTS = {
     ),
     "refiner size off the grid": ("ct_detail_refinement", None, ["--volume_size", 63], ["multiple of 4", "63"]),
     "unknown variant": ("ct_detail_refinement", None, ["--variant", "c"], ["variant must be one of a, b"]),
-    "variant B size off the grid": (
+    "detail refiner size off the grid": (
         "ct_detail_refinement",
         VARIANT_B,
         [

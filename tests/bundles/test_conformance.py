@@ -38,8 +38,9 @@ TENSOR_FIELDS = {
     "is_patch_data",
     "channel_def",
 }
-# the diffusion denoiser takes (x_t, t, xrays[, prev]) and variant B of ct_detail_refinement (coarse, xrays):
-# verify_net_in_out feeds a single tensor, so they are excluded (ct_detail_refinement checks its default, variant A)
+# the diffusion denoiser takes (x_t, t, xrays[, prev]) and the detail refiner of ct_detail_refinement (coarse, xrays):
+# verify_net_in_out feeds a single tensor, so they are excluded (ct_detail_refinement checks its default refiner,
+# super_resolution_16to64)
 NET_IN_OUT = {"mask_refiner_2d": ["--any", "64"], "ct_detail_refinement": ["--n", "1"]}
 
 

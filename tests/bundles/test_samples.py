@@ -104,7 +104,8 @@ def test_cascade_runs_on_its_sample(tmp_path):
 
 
 def test_variant_b_refines_the_cascade_reconstruction_of_the_sample_xrays(tmp_path):
-    """The refiner's sample carries the two X-rays: variant B runs the frozen cascade (its neighbour) on them."""
+    """The refiner's sample carries the two X-rays: the detail refiner runs the frozen cascade (its neighbour) on
+    them."""
     root = _copy_bundles(tmp_path, REFINER, CASCADE)
     sample = root / "sample" / "phantom_100000"
     args = ["--frontal_path", sample / "frontal.nii.gz", "--lateral_path", sample / "lateral.nii.gz"]
@@ -173,7 +174,7 @@ def test_sample_is_only_the_fallback_refiner(datalist_dir):
     assert _parse(REFINER, "coarse_source") == "file"
     (item,) = _parse(REFINER, "data", coarse_path="my.nii.gz")
     assert item["coarse"] == "my.nii.gz" and "frontal" not in item
-    # X-rays alone: no sample coarse CT slips in; the cascade (variant B) or the check (variant A) takes over
+    # X-rays alone: no sample coarse CT slips in; the cascade (detail) or the check (super_resolution_16to64) takes over
     xrays = {"frontal_path": "f.nii.gz", "lateral_path": "l.nii.gz"}
     assert _parse(REFINER, "coarse_path", **xrays) == ""
     assert _parse(REFINER, "coarse_source", ("inference.json", "inference_variant_b.json"), **xrays) == "cascade"

@@ -1,4 +1,4 @@
-"""Variant B: detail refiner guided by the two X-rays."""
+"""The `detail` refiner, guided by the two X-rays."""
 
 import pytest
 import torch

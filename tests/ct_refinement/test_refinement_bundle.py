@@ -211,7 +211,8 @@ def test_inference_refines_a_coarse_ct_file_without_ground_truth(trained_a, data
 
 
 def test_inference_b_from_the_two_xrays_runs_the_cascade_then_the_refiner(data):
-    """X-rays in, refined CT out in one command: variant B's coarse input is the frozen cascade on the same views."""
+    """X-rays in, refined CT out in one command: the detail refiner's coarse input is the frozen cascade on the same
+    views."""
     from monai.bundle import ConfigParser
 
     case = json.loads((data / "prep" / "datalist.json").read_text())["test"][0]

@@ -1,4 +1,4 @@
-"""Variant A: residual super-resolution refiner."""
+"""The residual super-resolution refiners (`super_resolution`, `super_resolution_16to64`)."""
 
 import io
 

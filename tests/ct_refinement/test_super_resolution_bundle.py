@@ -208,5 +208,13 @@ def test_old_names_work_for_one_release_with_a_warning_that_names_the_new_one(tm
         check_training_request("sr", tmp_path)
     with pytest.raises(InputError, match="coarse_dir"):
         check_training_request("super_resolution", tmp_path, volume_size=256, coarse_source="file")
+    # a data list whose items name their own coarse CTs needs no coarse_dir; one item without it is named
+    items = [{"case_id": "a", "coarse": "a/ct.nii.gz"}, {"case_id": "a_detail", "coarse": "a/refined.nii.gz"}]
+    listed = tmp_path / "datalist.json"
+    listed.write_text(json.dumps({"training": items, "validation": items[:1]}))
+    check_training_request("super_resolution", tmp_path, volume_size=256, coarse_source="file", datalist=listed)
+    listed.write_text(json.dumps({"training": items, "validation": [{"case_id": "b"}]}))
+    with pytest.raises(InputError, match=r"coarse_dir.*missing in 1 of 3 items, e\.g\. 'b'"):
+        check_training_request("super_resolution", tmp_path, volume_size=256, coarse_source="file", datalist=listed)
     for name in ("train_variant_b.json", "inference_variant_b.json"):
         assert json.loads((CONFIGS / name).read_text())["variant"] == "b"  # the deprecated layer warns when run
