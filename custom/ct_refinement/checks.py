@@ -134,8 +134,6 @@ def check_inference_request(
     _check_grid(kind, volume_size, scale_factor, channels)
     _check_tiles(kind, volume_size, scale_factor, tile_size, tile_overlap)
     hint = f"; set ckpt_path to the {refiner} refiner's weights"
-    if kind == "super_resolution" and str(refiner) == "super_resolution":
-        hint += " (models/super_resolution.pt ships once the 64^3 -> 256^3 training has run: see the model card)"
     need_file(ckpt_path, "ckpt_path", hint)
     if coarse_path and not Path(str(coarse_path)).expanduser().exists():  # a file, or a DICOM series folder
         raise InputError(f"coarse_path {coarse_path}: no such file or folder")

@@ -162,7 +162,7 @@ def test_a_ct_file_off_the_origin_comes_back_on_the_4x_grid_over_it(trained, dat
     np.testing.assert_allclose(refined.affine, finer_affine(affine, (8,) * 3, (32,) * 3), atol=1e-4)
 
 
-def test_the_super_resolution_configs_default_to_the_sample_xrays_and_the_design_size():
+def test_the_super_resolution_configs_default_to_the_sample_xrays_and_the_shipped_size():
     layer = ["inference.json", "inference_super_resolution.json"]
     sample = BUNDLE / "sample" / "phantom_100000"
     parser = _parser(layer)
@@ -171,9 +171,16 @@ def test_the_super_resolution_configs_default_to_the_sample_xrays_and_the_design
     assert _parser(layer, coarse_path="ct.nii.gz").get_parsed_content("frontal_file") == ""
     assert _parser(layer, dataset_dir="/data").get_parsed_content("frontal_file") == ""
     assert _parser(layer, lateral_path="l.nii.gz").get_parsed_content("frontal_file") == ""  # no half sample pair
-    net = parser.get_parsed_content("network_def")
-    assert 1.9e6 < sum(p.numel() for p in net.parameters()) < 2.3e6
+    from custom.ct_refinement.super_resolution import SuperResolutionRefiner
+
+    def size(net):
+        return sum(p.numel() for p in net.parameters())
+
+    # both configs describe the shipped (CPU-trained) widths, the class defaults the design size
     train = _parser(["train.json", "train_super_resolution.json"])
+    assert 0.3e6 < size(parser.get_parsed_content("network_def")) < 0.45e6
+    assert size(train.get_parsed_content("network_def")) == size(parser.get_parsed_content("network_def"))
+    assert 1.9e6 < size(SuperResolutionRefiner()) < 2.3e6
     # tiles are the training crops (instance norm: the network only knows crops of that size)
     assert train.get_parsed_content("crop_size") == parser.get_parsed_content("tile_size") == 16
     assert train.get_parsed_content("volume_size") // train.get_parsed_content("scale_factor") == 64
@@ -182,7 +189,7 @@ def test_the_super_resolution_configs_default_to_the_sample_xrays_and_the_design
 def test_every_shipped_weight_file_loads_strictly_into_its_config():
     shipped = sorted(p.name for p in (BUNDLE / "models").glob("*.pt"))
     assert set(shipped) <= set(SHIPPED), f"weights without a config: {set(shipped) - set(SHIPPED)}"
-    assert {"model.pt", "detail.pt"} <= set(shipped)
+    assert {"model.pt", "detail.pt", "super_resolution.pt"} <= set(shipped)
     for name in shipped:
         net = _parser(SHIPPED[name]).get_parsed_content("network_def")
         state = torch.load(BUNDLE / "models" / name, weights_only=True)
