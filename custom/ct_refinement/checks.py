@@ -181,17 +181,21 @@ def _check_coarse_files(coarse_dir, datalist) -> None:
         if not Path(str(coarse_dir)).is_dir():
             raise InputError(f"coarse_dir {coarse_dir}: no such folder")
         return
-    items = []
-    if datalist and Path(str(datalist)).is_file():
+    need = (
+        "coarse_source 'file' needs coarse_dir: a folder of <case_id>/ct.nii.gz, as the cascade bundle's "
+        "inference.json --output_dir writes them, or a 'coarse' path in every training and validation item of the "
+        "data list; or set coarse_source to 'degrade' or 'cascade'"
+    )
+    if not datalist or not Path(str(datalist)).is_file():
+        raise InputError(f"{need} (data list {datalist!r}: no such file)")
+    try:
         with open(datalist) as f:
             content = json.load(f)
-        items = [item for key in ("training", "validation") for item in content.get(key, [])]
-    missing = [str(item.get("case_id", "?")) for item in items if not item.get("coarse")]
-    if items and not missing:
-        return
-    which = f" (missing in {len(missing)} of {len(items)} items, e.g. {missing[0]!r})" if missing else ""
-    raise InputError(
-        "coarse_source 'file' needs coarse_dir: a folder of <case_id>/ct.nii.gz, as the cascade bundle's "
-        f"inference.json --output_dir writes them, or a 'coarse' path in every data list item{which}; or set "
-        "coarse_source to 'degrade' or 'cascade'"
-    )
+        items = [item for key in ("training", "validation") for item in content.get(key) or []]
+        missing = [str(item.get("case_id", "?")) for item in items if not item.get("coarse")]
+    except (ValueError, AttributeError, TypeError) as err:
+        raise InputError(f"data list {datalist}: not a datalist.json of training and validation items ({err})")
+    if not items:
+        raise InputError(f"{need} (data list {datalist}: no training or validation items)")
+    if missing:
+        raise InputError(f"{need} (missing in {len(missing)} of {len(items)} items, e.g. {missing[0]!r})")

@@ -215,13 +215,35 @@ def test_old_names_work_for_one_release_with_a_warning_that_names_the_new_one(tm
         check_training_request("sr", tmp_path)
     with pytest.raises(InputError, match="coarse_dir"):
         check_training_request("super_resolution", tmp_path, volume_size=256, coarse_source="file")
-    # a data list whose items name their own coarse CTs needs no coarse_dir; one item without it is named
-    items = [{"case_id": "a", "coarse": "a/ct.nii.gz"}, {"case_id": "a_detail", "coarse": "a/refined.nii.gz"}]
-    listed = tmp_path / "datalist.json"
-    listed.write_text(json.dumps({"training": items, "validation": items[:1]}))
-    check_training_request("super_resolution", tmp_path, volume_size=256, coarse_source="file", datalist=listed)
-    listed.write_text(json.dumps({"training": items, "validation": [{"case_id": "b"}]}))
-    with pytest.raises(InputError, match=r"coarse_dir.*missing in 1 of 3 items, e\.g\. 'b'"):
-        check_training_request("super_resolution", tmp_path, volume_size=256, coarse_source="file", datalist=listed)
     for name in ("train_variant_b.json", "inference_variant_b.json"):
         assert json.loads((CONFIGS / name).read_text())["variant"] == "b"  # the deprecated layer warns when run
+
+
+@pytest.mark.parametrize("layers", [["train.json"], ["train.json", "multi_gpu_train.json"]])
+def test_coarse_files_named_in_the_data_list_need_no_coarse_dir(tmp_path, layers):
+    """Items may name their own coarse CT ('coarse', e.g. each case twice: the cascade's output and detail's); the
+    check of every training entry point (single and multi-GPU) reads the data list, and names what is missing."""
+    from custom.ct_refinement.checks import check_training_request
+
+    for name in layers:  # both initialize lists hand the data list to the check
+        assert "datalist=@datalist" in json.loads((CONFIGS / name).read_text())["initialize"][0]
+    items = [{"case_id": "a", "coarse": "a/ct.nii.gz"}, {"case_id": "a_detail", "coarse": "a/refined.nii.gz"}]
+    listed = tmp_path / "datalist.json"
+
+    def check(datalist=listed):
+        check_training_request("super_resolution", tmp_path, volume_size=256, coarse_source="file", datalist=datalist)
+
+    listed.write_text(json.dumps({"training": items, "validation": items[:1]}))
+    check()
+    listed.write_text(json.dumps({"training": items, "validation": [{"case_id": "b"}]}))
+    with pytest.raises(InputError, match=r"needs coarse_dir.*missing in 1 of 3 items, e\.g\. 'b'"):
+        check()
+    with pytest.raises(InputError, match=r"needs coarse_dir.*no such file"):
+        check(tmp_path / "absent.json")
+    listed.write_text(json.dumps({"training": [], "validation": []}))
+    with pytest.raises(InputError, match=r"no training or validation items"):
+        check()
+    for broken in ("{", "[1, 2]"):
+        listed.write_text(broken)
+        with pytest.raises(InputError, match=r"not a datalist\.json"):
+            check()
