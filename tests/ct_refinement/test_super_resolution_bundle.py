@@ -178,8 +178,9 @@ def test_the_super_resolution_configs_default_to_the_sample_xrays_and_the_shippe
 
     # both configs describe the shipped (CPU-trained) widths, the class defaults the design size
     train = _parser(["train.json", "train_super_resolution.json"])
-    assert 0.3e6 < size(parser.get_parsed_content("network_def")) < 0.45e6
-    assert size(train.get_parsed_content("network_def")) == size(parser.get_parsed_content("network_def"))
+    shipped = size(parser.get_parsed_content("network_def"))
+    assert 0.3e6 < shipped < 0.45e6
+    assert size(train.get_parsed_content("network_def")) == shipped
     assert 1.9e6 < size(SuperResolutionRefiner()) < 2.3e6
     # tiles are the training crops (instance norm: the network only knows crops of that size)
     assert train.get_parsed_content("crop_size") == parser.get_parsed_content("tile_size") == 16
@@ -219,14 +220,14 @@ def test_old_names_work_for_one_release_with_a_warning_that_names_the_new_one(tm
         assert json.loads((CONFIGS / name).read_text())["variant"] == "b"  # the deprecated layer warns when run
 
 
-@pytest.mark.parametrize("layers", [["train.json"], ["train.json", "multi_gpu_train.json"]])
-def test_coarse_files_named_in_the_data_list_need_no_coarse_dir(tmp_path, layers):
+def test_coarse_files_named_in_the_data_list_need_no_coarse_dir(tmp_path):
     """Items may name their own coarse CT ('coarse', e.g. each case twice: the cascade's output and detail's); the
     check of every training entry point (single and multi-GPU) reads the data list, and names what is missing."""
     from custom.ct_refinement.checks import check_training_request
 
-    for name in layers:  # both initialize lists hand the data list to the check
-        assert "datalist=@datalist" in json.loads((CONFIGS / name).read_text())["initialize"][0]
+    assert "datalist=@datalist" in json.loads((CONFIGS / "train.json").read_text())["training_check"]
+    for name in ("train.json", "multi_gpu_train.json"):  # both initialize lists run that one check first
+        assert json.loads((CONFIGS / name).read_text())["initialize"][0] == "@training_check"
     items = [{"case_id": "a", "coarse": "a/ct.nii.gz"}, {"case_id": "a_detail", "coarse": "a/refined.nii.gz"}]
     listed = tmp_path / "datalist.json"
 
